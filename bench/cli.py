@@ -19,6 +19,8 @@ COMMANDS = {
     "run": "bench.cli:run_main",
     "table": "bench.table:main",
 }
+    "data": "bench.data.doctor:data_main",
+    "doctor": "bench.data.doctor:doctor_main",
 
 
 def main(argv: list[str] | None = None) -> int:
