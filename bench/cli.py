@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from bench import UserError
 
@@ -18,9 +19,9 @@ log = logging.getLogger("seabench")
 COMMANDS = {
     "run": "bench.cli:run_main",
     "table": "bench.table:main",
-}
     "data": "bench.data.doctor:data_main",
     "doctor": "bench.data.doctor:doctor_main",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,3 +39,41 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"seabench: error: {err}", file=sys.stderr)
         return 2
+
+
+def logspace(start, stop, num) -> list[float]:
+    """`${logspace:-6,5,45}` in a config: `num` values from 10**start to 10**stop, log-spaced."""
+    return [float(v) for v in (10.0 ** (start + (stop - start) * i / (int(num) - 1)) for i in range(int(num)))]
+
+
+def run_main(argv: list[str]) -> int:
+    """Hand the overrides to Hydra: `seabench run [-m] key=value ...`."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("logspace"):
+        OmegaConf.register_new_resolver("logspace", logspace)
+    conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
+    task = hydra.main(version_base="1.3", config_path=conf_dir, config_name="config")(run_job)
+    sys.argv = ["seabench run", *argv]
+    task()
+    return 0
+
+
+def run_job(cfg) -> None:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from bench import job
+
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        try:
+            dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser())
+        except InstantiationException as err:  # Hydra wraps the loader's own errors
+            raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
+        job.run(config, dataset)
+    except UserError as err:
+        log.error("%s", err)
+        sys.exit(2)

@@ -1,0 +1,33 @@
+"""Feature-space methods. Each module has `fit(X, y, *, num_classes, points, device) -> Heads`:
+`points` is a list of complete hyperparameter dicts (one per head, with its `seed`), all fitted at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Heads:
+    """G linear classifiers: logits_g(x) = W_g x (+ b_g), on L2-normalised x when `normalize`."""
+
+    weight: torch.Tensor  # [G, C, D]
+    bias: torch.Tensor | None  # [G, C]
+    normalize: bool
+
+    def predict(self, X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Predicted classes [G, N], computed in chunks of rows so that [G, N, C] never exists at once."""
+        out = []
+        W = self.weight
+        for start in range(0, len(X), chunk):
+            x = X[start:start + chunk].to(W.device, W.dtype)
+            if self.normalize:
+                x = F.normalize(x, dim=1)
+            logits = torch.einsum("nd,gcd->gnc", x, W)
+            if self.bias is not None:
+                logits = logits + self.bias[:, None, :]
+            out.append(logits.argmax(-1).cpu())
+        return torch.cat(out, dim=1)

@@ -1,0 +1,73 @@
+"""One run, one JSON record, at a path derived from the config, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# what decides a run's numbers; paths, devices and worker counts do not
+SIGNED = ("backbone", "dataset", "method", "protocol", "seeds")
+PACKAGES = ("seabench", "torch", "torchvision", "timm", "numpy", "scikit-learn", "hydra-core")
+
+
+def signature(config: dict, splits: dict[str, str]) -> str:
+    """sha256 of the signed config plus the split fingerprints (so a changed split is a new run)."""
+    signed = {k: config[k] for k in SIGNED} | {"splits": splits}
+    return hashlib.sha256(json.dumps(signed, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def path_for(results_dir: Path, *, dataset: str, backbone: str, method: str, protocol: str, sig: str) -> Path:
+    return Path(results_dir) / "runs" / dataset / backbone / f"{method}-{protocol}-{sig[:12]}.json"
+
+
+def write(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        log.warning("overwriting the record %s", path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_all(results_dir: Path) -> list[dict]:
+    records = []
+    for path in sorted((Path(results_dir) / "runs").rglob("*.json")):
+        record = json.loads(path.read_text())
+        record["path"] = str(path)
+        records.append(record)
+    return records
+
+
+def git_sha() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def provenance() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"git": git_sha(), "python": sys.version.split()[0], "platform": platform.platform(),
+            "host": platform.node(), "packages": versions, "argv": sys.argv}
