@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 import json
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -91,7 +91,7 @@ def food101(root: Path) -> None:
         listing = {c: [f"{c}/{offset + i}" for i in range(n)] for c in classes}
         (base / "meta").mkdir(parents=True, exist_ok=True)
         (base / "meta" / f"{split}.json").write_text(json.dumps(listing))
-        for c, entries in listing.items():
+        for entries in listing.values():
             for k, e in enumerate(entries):
                 put(base / "images" / f"{e}.jpg", k)
     write_lines(base / "meta" / "classes.txt", classes)
@@ -129,7 +129,7 @@ def flowers102(root: Path) -> None:
     for i in range(1, len(labels) + 1):
         put(base / "jpg" / f"image_{i:05d}.jpg", i)
     ids = {c: [i + 1 for i in range(len(labels)) if labels[i] == c] for c in (1, 2, 3)}
-    pick = lambda lo, hi: np.array([i for c in (1, 2, 3) for i in ids[c][lo:hi]], dtype=np.uint16)  # noqa: E731
+    pick = lambda lo, hi: np.array([i for c in (1, 2, 3) for i in ids[c][lo:hi]], dtype=np.uint16)
     savemat(base / "imagelabels.mat", {"labels": labels[None, :].astype(np.uint8)})
     savemat(base / "setid.mat", {"trnid": pick(0, 2)[None, :], "valid": pick(2, 4)[None, :],
                                  "tstid": pick(4, 8)[None, :]})
@@ -185,7 +185,7 @@ def dtd(root: Path) -> None:
     base = root / "dtd" / "dtd"
     classes = ["banded", "cracked", "zigzagged"]
     files = {c: [f"{c}/{c}_{i:04d}.jpg" for i in range(6)] for c in classes}
-    for c, entries in files.items():
+    for entries in files.values():
         for k, e in enumerate(entries):
             put(base / "images" / e, k)
     for p in (1, 2):  # partition 2 reverses the roles, so a wrong partition gives other splits

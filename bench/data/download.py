@@ -7,6 +7,7 @@ killed download never leaves a half-written file or folder under its real name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -124,6 +125,8 @@ def install(name: str, subfolder: str, resources: Sequence[Resource], root: Path
         shutil.rmtree(staging, ignore_errors=True)
     if not keep_archives:
         shutil.rmtree(downloads, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only when no other dataset's archives are kept there
+            downloads.parent.rmdir()
     return root / subfolder
 
 

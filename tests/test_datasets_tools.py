@@ -1,0 +1,119 @@
+"""dataset=folder, verified atomic downloads (from file:// URLs, offline), `seabench data get` and `doctor`."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from pathlib import Path
+
+import fake_datasets
+import pytest
+from fake_datasets import FAKES, put
+
+from bench import UserError
+from bench.data import doctor, download, dtd, folder
+
+
+# ---- dataset=folder ---------------------------------------------------------------------------------------
+def test_folder_carves_val_from_train_when_there_is_none(tmp_path):
+    fake_datasets.folder(tmp_path)
+    task = folder.load(root=tmp_path, path=str(tmp_path / "mytask"), val_fraction=0.2, seed=0)
+    assert task.classes == ["cat", "dog", "fox"]
+    assert [len(task.splits[s]) for s in ("train", "val", "test")] == [12, 3, 6]
+    assert all(not item.startswith("/") for item in task.splits["train"].items)  # machine-independent
+    by_count = folder.load(root=tmp_path, path=str(tmp_path / "mytask"), val_per_class=2, seed=0)
+    assert len(by_count.splits["val"]) == 6
+
+
+def test_folder_uses_its_own_val_and_rejects_unknown_classes(tmp_path):
+    fake_datasets.folder(tmp_path)
+    for c in ("cat", "dog"):
+        put(tmp_path / "mytask" / "val" / c / "v.jpg")
+    task = folder.load(root=tmp_path, path=str(tmp_path / "mytask"), val_fraction=0.5)
+    assert len(task.splits["val"]) == 2 and len(task.splits["train"]) == 15
+    put(tmp_path / "mytask" / "test" / "wolf" / "w.jpg")
+    with pytest.raises(UserError, match="classes that train/ lacks: wolf"):
+        folder.load(root=tmp_path, path=str(tmp_path / "mytask"), val_fraction=0.5)
+
+
+def test_folder_errors_name_the_fix(tmp_path):
+    with pytest.raises(UserError, match="dataset.load.path="):
+        folder.load(root=tmp_path, path=None, val_fraction=0.1)
+    with pytest.raises(UserError, match="lacks the sub-folder"):
+        folder.load(root=tmp_path, path=str(tmp_path), val_fraction=0.1)
+
+
+# ---- downloads ----------------------------------------------------------------------------------------------
+def make_archive(tmp_path: Path, name: str) -> tuple[Path, str]:
+    """A fake DTD tree packed like dtd-r1.0.1.tar.gz (a top folder dtd/), and its md5."""
+    source = tmp_path / "src"
+    FAKES[name].write(source)
+    archive = tmp_path / "dtd-r1.0.1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "dtd" / "dtd", arcname="dtd")
+    return archive, hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+def test_fetch_verifies_and_renames(tmp_path):
+    archive, md5 = make_archive(tmp_path, "dtd")
+    dest = tmp_path / "out" / "a.tar.gz"
+    download.fetch(archive.as_uri(), dest, f"md5:{md5}")
+    assert dest.read_bytes() == archive.read_bytes()
+    with pytest.raises(UserError, match="is corrupt: expected md5:0+, got md5:"):
+        download.fetch(archive.as_uri(), tmp_path / "out" / "b.tar.gz", "md5:" + "0" * 32)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["a.tar.gz"]  # no partial file left behind
+
+
+def test_fetch_without_network_names_url_and_destination(tmp_path):
+    url = "http://127.0.0.1:9/nothing.tar.gz"  # the discard port: refused at once
+    with pytest.raises(UserError, match=f"cannot download {url} to {tmp_path / 'x.tar.gz'}"):
+        download.fetch(url, tmp_path / "x.tar.gz", None, timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_get_installs_and_checks(tmp_path, monkeypatch, capsys):
+    archive, md5 = make_archive(tmp_path, "dtd")
+    resource = download.Resource(archive.as_uri(), into="dtd", digest=f"md5:{md5}")
+    monkeypatch.setitem(dtd.RESOURCES, "dtd", (resource,))
+    monkeypatch.setitem(dtd.EXPECTED, "dtd", FAKES["dtd"].official)
+    root = tmp_path / "data"
+    assert doctor.data_main(["--data-root", str(root), "get", "dtd"]) == 0
+    assert "dtd is ready" in capsys.readouterr().out
+    assert sorted(p.name for p in root.iterdir()) == ["dtd"]  # no staging, no archives left
+    assert doctor.data_main(["--data-root", str(root), "get", "dtd"]) == 0
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_data_get_a_corrupt_download_leaves_nothing(tmp_path, monkeypatch):
+    archive, _ = make_archive(tmp_path, "dtd")
+    monkeypatch.setitem(dtd.RESOURCES, "dtd", (download.Resource(archive.as_uri(), into="dtd", digest="md5:" + "1" * 32),))
+    root = tmp_path / "data"
+    with pytest.raises(UserError, match="corrupt"):
+        doctor.data_main(["--data-root", str(root), "get", "dtd"])
+    assert not (root / "dtd").exists() and not list(root.glob(".staging*"))
+
+
+def test_data_get_cars_prints_the_manual_steps(tmp_path, capsys):
+    assert doctor.data_main(["--data-root", str(tmp_path), "get", "cars"]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path}/stanford_cars/cars_test_annos_withlabels.mat" in out and "devkit/cars_meta.mat" in out
+
+
+def test_data_get_unknown_name_lists_the_known(tmp_path):
+    with pytest.raises(UserError, match="unknown dataset 'imagenet'; known: aircraft, caltech101, cars"):
+        doctor.data_main(["--data-root", str(tmp_path), "get", "imagenet"])
+
+
+def test_doctor_reports_complete_incomplete_absent(tmp_path, monkeypatch, capsys):
+    for name in ("dtd", "pets"):
+        FAKES[name].write(tmp_path)
+        monkeypatch.setitem(doctor.lookup(name).module.EXPECTED, name, FAKES[name].official)
+    FAKES["pets"].truncate(tmp_path)
+    assert doctor.doctor_main(["--data-root", str(tmp_path)]) == 1
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert len(rows) == 11
+    assert "complete " in rows["dtd"] and "train / val / test 6 / 6 / 6" in rows["dtd"]
+    assert "incomplete" in rows["pets"] and "Abyssinian_3.jpg" in rows["pets"]
+    assert "absent" in rows["sun397"] and "seabench data get sun397" in rows["sun397"]
+    assert "absent" in rows["cars"] and "datasets/README.md" in rows["cars"]
+    assert doctor.doctor_main(["--data-root", str(tmp_path), "dtd"]) == 0
