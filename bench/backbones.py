@@ -1,10 +1,12 @@
 """Backbones: a timm architecture (`num_classes=0`, so it returns pooled penultimate features), its
 weights, loaded strictly, and the preprocessing that travels with those weights.
 
-Where the weights come from is `source` in the backbone's config:
+Where the weights come from is `source` in the backbone's config (conf/backbone/*.yaml, the zoo):
+- `checkpoint`: a published file (`file` in the checkpoint cache, fetched from `url` and checked against
+  its published `sha256` / `md5`) or the user's own `checkpoint` path, converted from its original key
+  `layout` (bench.layouts; detected when not named) to timm's keys and loaded with `strict=True`;
+- `timm`: one of timm's pretrained tags (`arch: vit_small_patch16_224.dino`), with its own mean/std;
 - `random`: timm's initialisation under `init_seed` (a baseline; labelled random-init wherever shown);
-- `checkpoint`: a file in the checkpoint cache (`file`, from `url`) or a local `checkpoint` path,
-  converted from its original key `layout` to timm's keys and loaded with `strict=True`;
 - `none`: no network at all, the features are the flattened preprocessed image (`arch: pixels`).
 """
 
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
@@ -20,12 +23,13 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from bench import UserError
+from bench import UserError, fetch, layouts
 
 log = logging.getLogger(__name__)
 
 INTERPOLATIONS = {"bicubic": transforms.InterpolationMode.BICUBIC,
                   "bilinear": transforms.InterpolationMode.BILINEAR}
+FROM_WEIGHTS = "from_weights"  # preprocess.mean/std of a timm tag: taken from the weights' pretrained_cfg
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Backbone:
     transform: transforms.Compose
     preprocess: dict
     weights_sha256: str  # hash of the loaded tensors: what the cache key and the record use
+    provenance: dict = field(default_factory=dict)  # file, url, file_sha256, how it was verified, layout
 
 
 def make_transform(*, resize: int, crop: int, interpolation: str, mean, std) -> transforms.Compose:
@@ -44,6 +49,8 @@ def make_transform(*, resize: int, crop: int, interpolation: str, mean, std) -> 
     """
     if interpolation not in INTERPOLATIONS:
         raise UserError(f"unknown interpolation {interpolation!r}; known: {sorted(INTERPOLATIONS)}")
+    if isinstance(mean, str) or isinstance(std, str):
+        raise UserError(f"preprocess mean/std {mean!r}/{std!r}: '{FROM_WEIGHTS}' only goes with source timm")
     steps = [transforms.Resize(resize, interpolation=INTERPOLATIONS[interpolation]),
              transforms.CenterCrop(crop), transforms.ToTensor()]
     if mean is not None:
@@ -54,58 +61,161 @@ def make_transform(*, resize: int, crop: int, interpolation: str, mean, std) -> 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
+        tensor = state[key].detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
         digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
-def checkpoint_path(*, name: str, file: str | None, url: str | None, checkpoint: str | None,
-                    cache_dir: Path) -> Path:
-    """The local checkpoint file: the user's own `checkpoint`, or the zoo's `file` in the cache."""
-    if checkpoint is not None:
+def checkpoint_path(*, cache_dir: Path, file: str) -> Path:
+    return Path(cache_dir).expanduser() / "checkpoints" / file
+
+
+def verified_by(path: Path, *, sha256: str | None, md5: str | None) -> str:
+    if sha256 or md5:
+        return f"published {'sha256' if sha256 else 'md5'}{' prefix' if len(sha256 or md5) < 32 else ''}"
+    if fetch.sidecar(path).is_file():
+        return "sha256 recorded when first downloaded or loaded (none published)"
+    return "none (no published hash)"
+
+
+def weights_file(*, name: str, file: str | None, url: str | None, homepage: str | None,
+                 sha256: str | None, md5: str | None, checkpoint: str | None, cache_dir: Path) -> tuple[Path, dict]:
+    """The verified local file of a backbone's weights (downloaded if needed) and its provenance."""
+    if checkpoint is not None:  # the user's own file: their weights, so no published hash applies
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise UserError(f"checkpoint file not found: {path}")
-        return path
-    path = Path(cache_dir).expanduser() / "checkpoints" / file
-    if not path.is_file():
-        raise UserError(f"the weights of backbone {name} are not on disk: download {url} and put it at {path}")
-    return path
+        return path, {"file": str(path), "file_sha256": fetch.digests(path)["sha256"], "verified": "user's file"}
+    if file is None:
+        raise UserError(f"backbone {name} names no checkpoint file; pass backbone.checkpoint=/path/to/weights")
+    path = checkpoint_path(cache_dir=cache_dir, file=file)
+    found = None
+    if path.is_file():
+        found, problem = fetch.verify(path, sha256=sha256, md5=md5)
+        if problem and not url:
+            raise UserError(f"{path} fails its hash check ({problem}): delete it (and {fetch.sidecar(path).name}) "
+                            f"and put the file from {homepage} there again")
+        if problem:
+            log.warning("%s fails its hash check (%s): removing it and downloading it again", path, problem)
+            path.unlink()
+            found = None
+    if found is None:
+        if not url:
+            raise UserError(f"the weights of backbone {name} are not on disk and have no direct download: "
+                            f"get {file} from {homepage} and put it at {path}")
+        found = fetch.download(url, path, sha256=sha256, md5=md5)
+    return path, {"file": str(path), "url": url, "file_sha256": found["sha256"],
+                  "verified": verified_by(path, sha256=sha256, md5=md5)}
 
 
-def load_state(path: Path, layout: str) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file and convert it from `layout` to timm's ResNet keys."""
-    from bench import layouts
-
+def load_state(path: Path, *, layout: str | None, target: dict[str, torch.Tensor]) -> tuple[dict, str]:
+    """(state dict in timm's keys, the layout used): read the file and convert it."""
+    raw = layouts.read(path, layout)
+    name = layout or layouts.detect(raw)
+    if name is None:
+        raise UserError(f"cannot tell the layout of {path}; name it with backbone.layout= "
+                        f"(known: {', '.join(layouts.KNOWN)})")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: torch raises many types
-        raise UserError(f"cannot read checkpoint {path}: {err}") from None
-    return layouts.convert(raw, layout)
+        return layouts.convert(raw, name, target), name
+    except UserError as err:
+        guess = layouts.detect(raw)
+        if guess in (None, name):
+            raise
+        raise UserError(f"{err} (the file looks like layout {guess!r}: set backbone.layout={guess})") from None
+
+
+def converted_state(path: Path, *, layout: str | None, model: nn.Module, arch: str, file_sha256: str) -> tuple:
+    """`load_state`, with BYOL's slow pickle conversion cached next to the file, keyed by its hash."""
+    cached = path.with_name(f"{path.name}.{arch}.{file_sha256[:16]}.pt")
+    if layout == layouts.BYOL and cached.is_file():
+        try:
+            return torch.load(cached, map_location="cpu", weights_only=True), layout
+        except Exception:  # a damaged cache entry: convert again below
+            cached.unlink(missing_ok=True)
+    state, layout = load_state(path, layout=layout, target=model.state_dict())
+    if layout == layouts.BYOL:
+        tmp = cached.with_name(f"{cached.name}.part-{os.getpid()}")
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, cached)
+        except OSError as err:  # a read-only folder: the conversion is only a cache
+            log.warning("cannot cache the converted weights at %s: %s", cached, err)
+            tmp.unlink(missing_ok=True)
+    return state, layout
+
+
+def resnet_shape(state: dict) -> str:
+    """'a ResNet with 2-2-2-2 basic blocks' for a torchvision-style state dict, else ''."""
+    blocks = [len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
+    if not all(blocks):
+        return ""
+    block = "bottleneck" if any(".conv3." in k for k in state) else "basic"
+    return f" (it holds a ResNet with {'-'.join(map(str, blocks))} {block} blocks)"
+
+
+def load_strict(model: nn.Module, state: dict, *, arch: str, what: str) -> None:
+    """`load_state_dict(strict=True)`, failing with every missing, unexpected and misshapen key."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    misshapen = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}"
+                 for k in state if k in target and state[k].shape != target[k].shape]
+    if missing or unexpected or misshapen:
+        raise UserError(f"{what} does not fit timm's {arch}{resnet_shape(state)}: "
+                        f"{len(missing)} missing keys {missing[:6]}, {len(unexpected)} unexpected keys "
+                        f"{unexpected[:6]}, {len(misshapen)} shape mismatches {misshapen[:4]}")
+    model.load_state_dict(state, strict=True)
+
+
+def from_timm(*, name: str, arch: str, preprocess: dict, checkpoint: str | None) -> Backbone:
+    """A timm pretrained tag; `checkpoint` is a local copy of its weights file for offline machines."""
+    overlay = {"file": str(Path(checkpoint).expanduser())} if checkpoint else None
+    try:
+        model = timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
+    except Exception as err:  # unknown tag, no network, a bad file: timm and the hub raise many types
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot load timm's pretrained {arch} ({reason}); offline, download its weights "
+                        f"and pass backbone.checkpoint=/path/to/file") from None
+    cfg = model.pretrained_cfg
+    preprocess = dict(preprocess)
+    for key in ("mean", "std"):
+        if preprocess.get(key) == FROM_WEIGHTS:
+            preprocess[key] = [float(v) for v in cfg[key]]
+    model.eval()
+    provenance = {"timm_tag": arch, "hf_hub_id": cfg.get("hf_hub_id"), "url": cfg.get("url"), "file": checkpoint}
+    return Backbone(name, model, make_transform(**preprocess), preprocess,
+                    tensors_sha256(model.state_dict()), provenance)
 
 
 def create(*, name: str, arch: str, source: str, preprocess: dict, cache_dir: Path, init_seed: int = 0,
-           file: str | None = None, url: str | None = None, checkpoint: str | None = None,
+           file: str | None = None, url: str | None = None, homepage: str | None = None,
+           sha256: str | None = None, md5: str | None = None, checkpoint: str | None = None,
            layout: str | None = None, **info) -> Backbone:
-    """Build the backbone named `name`; `info` holds descriptive keys (label, paper ...) not needed here."""
-    transform = make_transform(**preprocess)
+    """Build the backbone named `name`; `info` holds descriptive keys (label, method, paper ...)."""
     if source == "none":
         if arch != "pixels":
             raise UserError(f"backbone {name}: source 'none' only goes with arch 'pixels', not {arch!r}")
-        return Backbone(name, nn.Flatten(), transform, dict(preprocess), tensors_sha256({}))
+        return Backbone(name, nn.Flatten(), make_transform(**preprocess), dict(preprocess), tensors_sha256({}))
+    if source == "timm":
+        return from_timm(name=name, arch=arch, preprocess=preprocess, checkpoint=checkpoint)
+    transform = make_transform(**preprocess)
     if arch not in timm.list_models():
         raise UserError(f"backbone {name}: {arch!r} is not a timm architecture")
     torch.manual_seed(init_seed)  # timm initialises with the global generator
     model = timm.create_model(arch, pretrained=False, num_classes=0)
     if source == "checkpoint":
-        path = checkpoint_path(name=name, file=file, url=url, checkpoint=checkpoint, cache_dir=cache_dir)
-        state = load_state(path, layout)
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise UserError(f"checkpoint {path} does not fit {arch} after conversion from layout {layout!r}: "
-                            f"missing keys {result.missing_keys}, unexpected keys {result.unexpected_keys}")
-    elif source != "random":
-        raise UserError(f"backbone {name}: unknown source {source!r}; known: checkpoint, random, none")
+        path, provenance = weights_file(name=name, file=file, url=url, homepage=homepage, sha256=sha256,
+                                        md5=md5, checkpoint=checkpoint, cache_dir=cache_dir)
+        state, provenance["layout"] = converted_state(path, layout=layout, model=model, arch=arch,
+                                                      file_sha256=provenance["file_sha256"])
+        load_strict(model, state, arch=arch, what=f"checkpoint {path} (layout {provenance['layout']})")
+        if checkpoint is None and not (sha256 or md5) and not fetch.sidecar(path).is_file():
+            # no published hash: remember this good file's hash, so later damage on disk is caught
+            fetch.record(path, provenance["file_sha256"])
+    elif source == "random":
+        provenance = {"init_seed": init_seed}
+    else:
+        raise UserError(f"backbone {name}: unknown source {source!r}; known: checkpoint, timm, random, none")
     model.eval()
-    return Backbone(name, model, transform, dict(preprocess), tensors_sha256(model.state_dict()))
+    return Backbone(name, model, transform, dict(preprocess), tensors_sha256(model.state_dict()), provenance)
