@@ -131,3 +131,17 @@ def test_cars_test_labels_must_come_from_the_labelled_file(tmp_path):
     savemat(path, {"annotations": record})  # the unlabelled cars_test_annos.mat put in its place
     with pytest.raises(UserError, match="no class labels"):
         load("cars", tmp_path)
+
+
+@pytest.mark.parametrize("name", [*NAMES, "folder"])
+def test_config_composes_and_its_keys_are_the_loaders_arguments(name):
+    import inspect
+
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"dataset={name}"])
+    assert cfg.dataset.name == name and cfg.dataset.metric in ("top1", "mean_per_class")
+    options = {k: v for k, v in cfg.dataset.load.items() if k != "_target_"}
+    module_name, function = cfg.dataset.load._target_.rsplit(".", 1)
+    inspect.signature(getattr(importlib.import_module(module_name), function)).bind(root=REPO, **options)
