@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,7 @@ def test_classes_splits_labels(name, fakes):
     items = {s: set(task.splits[s].items) for s in task.splits}
     assert not (items["train"] & items["val"] or items["train"] & items["test"] or items["val"] & items["test"])
     for split in task.splits.values():
+        assert pickle.loads(pickle.dumps(split))[0][1] == split.labels[0]  # DataLoader workers get a copy
         assert set(split.labels) == set(range(fake.classes))  # every class in every split, labels 0-based
         for i in range(len(split)):  # grayscale, PNG-named-.jpg and pickled images all come out RGB
             image, label = split[i]

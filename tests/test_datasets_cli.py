@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import fake_datasets
-import pytest
 from fake_datasets import FAKES
 
 BACKBONE = "test_resnet"
@@ -29,10 +28,10 @@ print(json.dumps(codes))
 """
 
 
-def command(name: str, root: Path, tmp: Path, extra: list[str]) -> list[str]:
+def command(name: str, root: Path, tmp: Path, extra: list[str], workers: int = 0) -> list[str]:
     return ["run", f"backbone={BACKBONE}", f"dataset={name}", "method=linear", f"data_root={root}",
             f"cache_dir={tmp / 'cache'}", f"results_dir={tmp / 'results'}", "method.grid.penalty=[1.0]",
-            "method.params.max_iter=50", "extract.num_workers=0", "extract.batch_size=64", *extra]
+            "method.params.max_iter=50", f"extract.num_workers={workers}", "extract.batch_size=64", *extra]
 
 
 def run_all(jobs: dict[str, list[str]], cwd: Path) -> tuple[dict, str]:
@@ -64,13 +63,16 @@ def test_run_extracts_every_layout(tmp_path):
         assert len(entries) == 3, name  # train, val, test
 
 
-@pytest.mark.parametrize("damage", ["garbage", "empty"])
-def test_unreadable_image_stops_extraction_before_any_cache_entry(tmp_path, damage):
-    root = tmp_path / "data"
-    FAKES["dtd"].write(root)
-    bad = root / "dtd" / "dtd" / "images" / "cracked" / "cracked_0001.jpg"  # in train1.txt
-    bad.write_bytes(b"not an image at all" if damage == "garbage" else b"")
-    codes, log = run_all({"dtd": command("dtd", root, tmp_path, FAKES["dtd"].overrides)}, cwd=tmp_path)
-    assert codes == {"dtd": 2}
-    assert f"cannot read image {bad}" in log
-    assert not list((tmp_path / "cache").rglob("*.pt")) and not list((tmp_path / "results").rglob("*.json"))
+def test_unreadable_image_stops_extraction_before_any_cache_entry(tmp_path):
+    jobs, bad = {}, {}
+    for damage, content, workers in (("garbage", b"not an image at all", 2), ("empty", b"", 0)):
+        root = tmp_path / damage / "data"
+        FAKES["dtd"].write(root)
+        bad[damage] = root / "dtd" / "dtd" / "images" / "cracked" / "cracked_0001.jpg"  # listed in train1.txt
+        bad[damage].write_bytes(content)  # with workers=2 the error crosses a DataLoader worker
+        jobs[damage] = command("dtd", root, tmp_path / damage, FAKES["dtd"].overrides, workers=workers)
+    codes, log = run_all(jobs, cwd=tmp_path)
+    assert codes == {"garbage": 2, "empty": 2}
+    for damage in jobs:
+        assert f"cannot read image {bad[damage]}" in log
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("runs/**/*.json"))
