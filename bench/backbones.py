@@ -95,7 +95,7 @@ def weights_file(*, name: str, file: str | None, url: str | None, homepage: str 
         found, problem = fetch.verify(path, sha256=sha256, md5=md5)
         if problem and not url:
             raise UserError(f"{path} fails its hash check ({problem}): delete it (and {fetch.sidecar(path).name}) "
-                            f"and put the file from {homepage} there again")
+                            f"and put the file from {homepage or url} there again")
         if problem:
             log.warning("%s fails its hash check (%s): removing it and downloading it again", path, problem)
             path.unlink()

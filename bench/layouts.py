@@ -104,7 +104,7 @@ def unwrap(raw, wrapper: str | None, layout: str) -> dict:
     state = raw if wrapper is None else (raw.get(wrapper) if isinstance(raw, dict) else None)
     if not isinstance(state, dict):
         found = sorted(map(str, raw))[:10] if isinstance(raw, dict) else type(raw).__name__
-        where = f"a {wrapper!r} entry" if wrapper else "a state dict"
+        where = f"{wrapper!r} entry" if wrapper else "state dict"
         raise UserError(f"the checkpoint has no {where} as layout {layout!r} expects (found {found})")
     return state
 
