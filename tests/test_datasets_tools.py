@@ -77,10 +77,10 @@ def test_data_get_installs_and_checks(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(dtd.RESOURCES, "dtd", (resource,))
     monkeypatch.setitem(dtd.EXPECTED, "dtd", FAKES["dtd"].official)
     root = tmp_path / "data"
-    assert doctor.data_main(["--data-root", str(root), "get", "dtd"]) == 0
+    assert doctor.data_main(["get", "dtd", "--data-root", str(root)]) == 0
     assert "dtd is ready" in capsys.readouterr().out
     assert sorted(p.name for p in root.iterdir()) == ["dtd"]  # no staging, no archives left
-    assert doctor.data_main(["--data-root", str(root), "get", "dtd"]) == 0
+    assert doctor.data_main(["get", "dtd", "--data-root", str(root)]) == 0
     assert "already complete" in capsys.readouterr().out
 
 
@@ -89,19 +89,19 @@ def test_data_get_a_corrupt_download_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setitem(dtd.RESOURCES, "dtd", (download.Resource(archive.as_uri(), into="dtd", digest="md5:" + "1" * 32),))
     root = tmp_path / "data"
     with pytest.raises(UserError, match="corrupt"):
-        doctor.data_main(["--data-root", str(root), "get", "dtd"])
+        doctor.data_main(["get", "dtd", "--data-root", str(root)])
     assert not (root / "dtd").exists() and not list(root.glob(".staging*"))
 
 
 def test_data_get_cars_prints_the_manual_steps(tmp_path, capsys):
-    assert doctor.data_main(["--data-root", str(tmp_path), "get", "cars"]) == 1
+    assert doctor.data_main(["get", "cars", "--data-root", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"{tmp_path}/stanford_cars/cars_test_annos_withlabels.mat" in out and "devkit/cars_meta.mat" in out
 
 
 def test_data_get_unknown_name_lists_the_known(tmp_path):
     with pytest.raises(UserError, match="unknown dataset 'imagenet'; known: aircraft, caltech101, cars"):
-        doctor.data_main(["--data-root", str(tmp_path), "get", "imagenet"])
+        doctor.data_main(["get", "imagenet", "--data-root", str(tmp_path)])
 
 
 def test_doctor_reports_complete_incomplete_absent(tmp_path, monkeypatch, capsys):
@@ -117,3 +117,11 @@ def test_doctor_reports_complete_incomplete_absent(tmp_path, monkeypatch, capsys
     assert "absent" in rows["sun397"] and "seabench data get sun397" in rows["sun397"]
     assert "absent" in rows["cars"] and "datasets/README.md" in rows["cars"]
     assert doctor.doctor_main(["--data-root", str(tmp_path), "dtd"]) == 0
+
+
+def test_data_get_without_network_leaves_nothing(tmp_path, monkeypatch):
+    url = "http://127.0.0.1:9/dtd-r1.0.1.tar.gz"
+    monkeypatch.setitem(dtd.RESOURCES, "dtd", (download.Resource(url, into="dtd", digest="md5:" + "2" * 32),))
+    with pytest.raises(UserError, match=f"cannot download {url} to {tmp_path}/.downloads/dtd/dtd-r1.0.1.tar.gz"):
+        doctor.data_main(["get", "dtd", "--data-root", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []

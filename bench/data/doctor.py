@@ -69,15 +69,14 @@ def status(entry: Entry, root: Path) -> tuple[str, str]:
     return "complete", f"{len(task.classes)} classes, train / val / test {sizes}"
 
 
-def parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog)
+def with_data_root(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=Path(os.environ.get("SEABENCH_DATA", "datasets")),
                    help="folder that holds all datasets (default: $SEABENCH_DATA or ./datasets)")
     return p
 
 
 def doctor_main(argv: list[str]) -> int:
-    p = parser("seabench doctor")
+    p = with_data_root(argparse.ArgumentParser(prog="seabench doctor"))
     p.add_argument("names", nargs="*", help="datasets to check (default: all)")
     args = p.parse_args(argv)
     root = args.data_root.expanduser()
@@ -91,9 +90,9 @@ def doctor_main(argv: list[str]) -> int:
 
 
 def data_main(argv: list[str]) -> int:
-    p = parser("seabench data")
+    p = argparse.ArgumentParser(prog="seabench data")
     sub = p.add_subparsers(dest="action", required=True)
-    get = sub.add_parser("get", help="download, verify and unpack a dataset into the data root")
+    get = with_data_root(sub.add_parser("get", help="download, verify and unpack a dataset into the data root"))
     get.add_argument("name")
     get.add_argument("--keep-archives", action="store_true", help="keep the downloaded archives")
     sub.add_parser("list", help="the datasets `get` knows")

@@ -106,7 +106,11 @@ def install(name: str, subfolder: str, resources: Sequence[Resource], root: Path
     """Download, verify and unpack every resource; then rename the finished folder to `root/subfolder`."""
     root = Path(root).expanduser()
     downloads = root / ".downloads" / name
-    archives = [fetch(r.url, downloads / r.filename, r.digest) for r in resources]
+    try:
+        archives = [fetch(r.url, downloads / r.filename, r.digest) for r in resources]
+    except UserError:
+        remove_empty(downloads)
+        raise
     staging = root / f".staging-{name}-{os.getpid()}"
     try:
         for resource, archive in zip(resources, archives):
@@ -125,9 +129,15 @@ def install(name: str, subfolder: str, resources: Sequence[Resource], root: Path
         shutil.rmtree(staging, ignore_errors=True)
     if not keep_archives:
         shutil.rmtree(downloads, ignore_errors=True)
-        with contextlib.suppress(OSError):  # only when no other dataset's archives are kept there
-            downloads.parent.rmdir()
+        remove_empty(downloads)
     return root / subfolder
+
+
+def remove_empty(folder: Path) -> None:
+    """Remove `folder` and its parent `.downloads` if they are empty (other archives may be kept there)."""
+    for path in (folder, folder.parent):
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def replace_folder(new: Path, final: Path) -> None:
