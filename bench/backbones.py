@@ -98,7 +98,7 @@ def weights_file(*, name: str, file: str | None, url: str | None, homepage: str 
                             f"and put the file from {homepage or url} there again")
         if problem:
             log.warning("%s fails its hash check (%s): removing it and downloading it again", path, problem)
-            path.unlink()
+            path.unlink(missing_ok=True)  # a concurrent job may have removed it already
             found = None
     if found is None:
         if not url:
@@ -131,7 +131,7 @@ def converted_state(path: Path, *, layout: str | None, model: nn.Module, arch: s
     if layout == layouts.BYOL and cached.is_file():
         try:
             return torch.load(cached, map_location="cpu", weights_only=True), layout
-        except Exception:  # a damaged cache entry: convert again below
+        except Exception:  # noqa: BLE001 -- a damaged cache entry, whatever torch raises: convert again
             cached.unlink(missing_ok=True)
     state, layout = load_state(path, layout=layout, target=model.state_dict())
     if layout == layouts.BYOL:
@@ -173,7 +173,7 @@ def from_timm(*, name: str, arch: str, preprocess: dict, checkpoint: str | None)
     overlay = {"file": str(Path(checkpoint).expanduser())} if checkpoint else None
     try:
         model = timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
-    except Exception as err:  # unknown tag, no network, a bad file: timm and the hub raise many types
+    except Exception as err:  # noqa: BLE001 -- unknown tag, no network, bad file: timm and the hub raise many types
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load timm's pretrained {arch} ({reason}); offline, download its weights "
                         f"and pass backbone.checkpoint=/path/to/file") from None

@@ -18,6 +18,7 @@ import collections
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ def _namedtuple(name, fields, module=None, *defaults):
 
 
 class _Reader(pickle.Unpickler):
-    stand_ins: dict[str, type] = {}
+    stand_ins: ClassVar[dict[str, type]] = {}  # one stand-in class per original class, shared by all reads
 
     def find_class(self, module: str, name: str):
         if module.split(".")[0] == "numpy" and name in NUMPY:
@@ -82,7 +83,7 @@ def read(path: Path):
     try:
         with open(path, "rb") as f:
             return _Reader(f, encoding="latin1").load()
-    except Exception as err:  # truncated pickles raise EOFError, UnpicklingError, ValueError ...
+    except Exception as err:  # noqa: BLE001 -- truncated pickles raise EOFError, UnpicklingError, ValueError ...
         raise UserError(f"cannot read the BYOL checkpoint {path} ({type(err).__name__}: {err}): it is "
                         f"truncated or not BYOL's pickle; delete it and download it again") from None
 

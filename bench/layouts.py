@@ -42,7 +42,8 @@ LAYOUTS = {
                       "module.encoder.conv1.weight"),
     # facebookresearch/swav (also DeepCluster-v2, SeLa-v2): a bare DistributedDataParallel state dict
     "swav": Layout(None, "module.", ("module.projection_head.", "module.prototypes."), "module.conv1.weight"),
-    # HobbitLong/PyContrast (InfoMin, InsDis, PIRL): {model, ...}; heads are module.head*
+    # HobbitLong/PyContrast (InfoMin, InsDis, PIRL): {opt, model, model_ema, ...}; heads are module.head*
+    # (networks/build_backbone.py; its detection/convert_pretrained.py reads model['module.encoder.*'])
     "pycontrast": Layout("model", "module.encoder.", ("module.head",), "module.encoder.conv1.weight"),
     # hankook/AugSelf transfer_linear_eval.py: ckpt['backbone'] is a torchvision ResNet with fc = Identity
     "augself": Layout("backbone", "", (), "conv1.weight"),
@@ -67,7 +68,11 @@ def read(path: Path, layout: str | None):
         # PyContrast stores its argparse options next to the weights; a Namespace only sets attributes
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: torch raises many types
+    except Exception as err:  # noqa: BLE001 -- a truncated or foreign file: torch raises many types
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if unsafe:
+            raise UserError(f"checkpoint {path} holds a Python object of type {unsafe.group(1)}, which seabench "
+                            f"does not unpickle (it could run code); save its state dict alone") from None
         reason = str(err).strip().splitlines()[0][:200]
         raise UserError(f"cannot read checkpoint {path} ({reason}): it is truncated or not a PyTorch "
                         f"checkpoint; delete it and download it again") from None

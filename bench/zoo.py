@@ -41,7 +41,7 @@ def parameters(arch: str) -> str:
     try:
         with torch.device("meta"):
             model = timm.create_model(arch, pretrained=False, num_classes=0)
-    except Exception:  # a tag timm does not know: shown, not fatal, in a listing
+    except Exception:  # noqa: BLE001 -- a tag timm does not know: shown, not fatal, in a listing
         return "?"
     return f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"
 

@@ -111,9 +111,9 @@ def haiku_name(module: str, root: str) -> str:
 
 def haiku_trees(sd: dict, root: str) -> tuple[dict, dict]:
     params, state = {}, {}
-    for key in sd:
+    for key, value in sd.items():
         module, _, param = key.rpartition(".")
-        name, tensor = haiku_name(module, root), sd[key].numpy()
+        name, tensor = haiku_name(module, root), value.numpy()
         if param == "weight" and tensor.ndim == 4:
             params[name] = FlatMapping(w=tensor.transpose(2, 3, 1, 0).copy())  # OIHW -> HWIO
         elif param in ("weight", "bias"):

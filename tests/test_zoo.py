@@ -128,8 +128,8 @@ def test_no_network_names_file_url_and_place(tmp_path):
 
 def test_short_download_is_refused(tmp_path, monkeypatch):
     class Short:  # a server that promises more bytes than it sends
-        headers = {"Content-Length": "1000"}
-        chunks = [b"x" * 10, b""]
+        def __init__(self):
+            self.headers, self.chunks = {"Content-Length": "1000"}, [b"x" * 10, b""]
 
         def read(self, size):
             return self.chunks.pop(0)
@@ -153,16 +153,15 @@ def test_entry_without_url_says_where_to_get_it(tmp_path):
 
 
 def test_listing_and_download_command(tmp_path, capsys):
-    source, sha = published_file(tmp_path)
     cache = tmp_path / "cache"
     (cache / "checkpoints").mkdir(parents=True)
     (cache / "checkpoints" / "moco_v2_800ep_pretrain.pth.tar").write_bytes(b"0" * 2**20)
     assert cli(["backbones", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
     for name in NAMES:
-        assert re.search(rf"^{name}\s", out, re.M), name
-    assert re.search(r"^mocov2_r50\s.*md5 prefix a04e12f8\s+yes, 1 MB$", out, re.M)
-    assert re.search(r"^simclr2_r50\s.*none published\s+no$", out, re.M)
+        assert re.search(rf"^{name}\s", out, re.MULTILINE), name
+    assert re.search(r"^mocov2_r50\s.*md5 prefix a04e12f8\s+yes, 1 MB$", out, re.MULTILINE)
+    assert re.search(r"^simclr2_r50\s.*none published\s+no$", out, re.MULTILINE)
     assert cli(["backbones", "--download", "nope", "--cache-dir", str(cache)]) == 2
     assert "unknown backbone 'nope'; known: " in capsys.readouterr().err
     assert zoo.parameters("resnet50") == "23.5M"
