@@ -7,16 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
 class Heads:
-    """G linear classifiers: logits_g(x) = W_g x (+ b_g), on L2-normalised x when `normalize`."""
+    """G linear classifiers: class_g(x) = argmax_c (W_g x + b_g)_c.
+
+    Methods that train on L2-normalised (or centred and normalised) features need no normalisation
+    here: dividing x by its norm scales all of a row's logits by the same positive number, which
+    leaves the argmax unchanged, and centring is folded into the bias (b_g = -W_g m).
+    """
 
     weight: torch.Tensor  # [G, C, D]
     bias: torch.Tensor | None  # [G, C]
-    normalize: bool
 
     def predict(self, X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """Predicted classes [G, N], computed in chunks of rows so that [G, N, C] never exists at once."""
@@ -24,8 +27,6 @@ class Heads:
         W = self.weight
         for start in range(0, len(X), chunk):
             x = X[start:start + chunk].to(W.device, W.dtype)
-            if self.normalize:
-                x = F.normalize(x, dim=1)
             logits = torch.einsum("nd,gcd->gnc", x, W)
             if self.bias is not None:
                 logits = logits + self.bias[:, None, :]

@@ -62,4 +62,4 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
         fit_one(X, Y1, points[i]["penalty"], W, b, max_iter=points[i]["max_iter"], tol=points[i]["tol"])
         weights[i], biases[i] = W.detach().clone(), b.detach().clone()
     W, b = torch.stack(weights) / scale, torch.stack(biases)
-    return Heads(W, b - W @ mean, normalize=False)  # W' x + b' = W (x - mean) / scale + b
+    return Heads(W, b - W @ mean)  # W' x + b' = W (x - mean) / scale + b

@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from bench.methods import Heads
-from bench.methods.sgd import loss_grad, train
+from bench.methods.sgd import logit_grad, train
 
 KEYS = ("eta", "alpha")
 
 
 def direction(x: torch.Tensor, grad: torch.Tensor, alpha) -> torch.Tensor:
     """d [G, B, D] from unit features x [G, B, D], their loss gradients and temperature alpha."""
-    g = F.normalize(grad, dim=-1)
-    scores = torch.einsum("gid,gjd->gij", g, x) / alpha
+    g = F.normalize(grad, dim=-1) / alpha  # [G, B, D] is no larger than the [G, B, B] scores
+    scores = torch.einsum("gid,gjd->gij", g, x)
     scores.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
     return F.normalize(torch.softmax(scores, dim=-1) @ x, dim=-1)
 
@@ -31,8 +31,7 @@ def direction(x: torch.Tensor, grad: torch.Tensor, alpha) -> torch.Tensor:
 def augment(W, x, y1, hp) -> torch.Tensor:
     if x.shape[1] < 2:  # a batch of one has no other example to move towards
         return x
-    dz, _ = loss_grad(W, x, y1, hp)
-    grad = torch.einsum("gbc,gcd->gbd", dz, W)  # d loss / d x
+    grad = torch.einsum("gbc,gcd->gbd", logit_grad(W, x, y1, hp), W)  # d loss / d x
     return F.normalize(x + hp["eta"] * direction(x, grad, hp["alpha"]), dim=-1)
 
 
