@@ -89,13 +89,24 @@ def read(path: Path):
 
 
 def mapping(obj, what: str) -> Mapping:
-    """A Haiku container (dict, frozendict, FlatMapping ...) as a Mapping."""
+    """A Haiku container (dict, frozendict, FlatMapping ...) as a Mapping.
+
+    A container pickled through its constructor (`__reduce__` -> (cls, (dict,))) carries the dict as its
+    argument; one pickled by its attributes (`__slots__` / `__dict__` state) holds it as its only
+    container-valued attribute (frozendict's `_storage`).
+    """
     if isinstance(obj, Mapping):
         return obj
     if isinstance(obj, Opaque):
-        for part in (*obj.args, obj.state, *(obj.state if isinstance(obj.state, tuple) else ())):
-            if isinstance(part, Mapping):
-                return part
+        for arg in obj.args:
+            if isinstance(arg, Mapping):
+                return arg
+        attributes = {}
+        for part in obj.state if isinstance(obj.state, tuple) else (obj.state,):
+            attributes.update(part if isinstance(part, Mapping) else {})
+        inner = [v for v in attributes.values() if isinstance(v, (Mapping, Opaque))]
+        if len(inner) == 1:
+            return mapping(inner[0], what)
     raise UserError(f"the BYOL checkpoint's {what} is a {getattr(obj, 'origin', type(obj).__name__)}, "
                     f"not a mapping seabench can read")
 

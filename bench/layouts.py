@@ -49,7 +49,9 @@ LAYOUTS = {
     "augself": Layout("backbone", "", (), "conv1.weight"),
     # tonylins/simclr-converter convert.py: torch.save({'state_dict': model.state_dict()})
     "simclr1": Layout("state_dict", "", ("fc.",), "conv1.weight"),
-    # Separius/SimCLRv2-Pytorch convert.py: {'resnet': ..., 'head': ...}; resnet.fc is the supervised head
+    # Separius/SimCLRv2-Pytorch convert.py: {'resnet': ..., 'head': ...}; resnet.fc is the supervised head.
+    # Its resnet.py (copied in kaipak/SimCLRv2-PyTorch simclr/modules/resnetv2.py): stem net.0 = (conv, BN),
+    # stages net.1-4 .blocks.N with .projection (shortcut conv, bn) registered before .net (conv, BN) x 3
     "simclr2": Layout("resnet", "", ("fc.",), "net.0.0.weight", by_order=True),
     # torchvision / DINO / Barlow Twins: a bare torchvision state dict (with or without fc)
     "torchvision": Layout(None, "", ("fc.",), "conv1.weight"),

@@ -9,6 +9,7 @@ import pickle
 import re
 import sys
 import types
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -88,6 +89,25 @@ class FlatMapping(dict):
         return FlatMapping, (dict(self),)
 
 
+class frozendict(Mapping):  # Haiku's older container: pickled by its slots, no __reduce__
+    __slots__ = ("_hash", "_storage")
+
+    def __init__(self, *args, **kwargs):
+        self._storage, self._hash = dict(*args, **kwargs), None
+
+    def __getitem__(self, key):
+        return self._storage[key]
+
+    def __setitem__(self, key, value):  # only while the test builds the tree
+        self._storage[key] = value
+
+    def __iter__(self):
+        return iter(self._storage)
+
+    def __len__(self):
+        return len(self._storage)
+
+
 class _ByolExperimentState(NamedTuple):  # field order of byol/byol_experiment.py
     online_params: object
     target_params: object
@@ -109,39 +129,41 @@ def haiku_name(module: str, root: str) -> str:
     return f"{root}/~/block_group_{int(stage) - 1}/~/block_{block}/~/{name}"
 
 
-def haiku_trees(sd: dict, root: str) -> tuple[dict, dict]:
+def haiku_trees(sd: dict, root: str, container: type) -> tuple[Mapping, Mapping]:
     params, state = {}, {}
     for key, value in sd.items():
         module, _, param = key.rpartition(".")
         name, tensor = haiku_name(module, root), value.numpy()
         if param == "weight" and tensor.ndim == 4:
-            params[name] = FlatMapping(w=tensor.transpose(2, 3, 1, 0).copy())  # OIHW -> HWIO
+            params[name] = container(w=tensor.transpose(2, 3, 1, 0).copy())  # OIHW -> HWIO
         elif param in ("weight", "bias"):
             leaf = "scale" if param == "weight" else "offset"
-            params.setdefault(name, FlatMapping())[leaf] = tensor.reshape(1, 1, 1, -1)
+            params.setdefault(name, container())[leaf] = tensor.reshape(1, 1, 1, -1)
         elif param in ("running_mean", "running_var"):
             ema = {"average": tensor.reshape(1, 1, 1, -1), "hidden": tensor.reshape(1, 1, 1, -1),
                    "counter": np.int32(1000)}
-            state[f"{name}/~/{'mean' if param == 'running_mean' else 'var'}_ema"] = FlatMapping(ema)
+            state[f"{name}/~/{'mean' if param == 'running_mean' else 'var'}_ema"] = container(ema)
     width = sd["bn1.weight"].shape[0] * 8
-    params |= {"projector/~/linear": FlatMapping(w=np.ones((width, 4), np.float32), b=np.zeros(4, np.float32)),
-               "projector/~/batch_norm": FlatMapping(scale=np.ones((1, 4), np.float32),
+    params |= {"projector/~/linear": container(w=np.ones((width, 4), np.float32), b=np.zeros(4, np.float32)),
+               "projector/~/batch_norm": container(scale=np.ones((1, 4), np.float32),
                                                       offset=np.zeros((1, 4), np.float32)),
-               "classifier": FlatMapping(w=np.ones((width, 10), np.float32), b=np.zeros(10, np.float32))}
-    state["projector/~/batch_norm/~/mean_ema"] = FlatMapping(average=np.zeros((1, 4), np.float32))
-    return FlatMapping(sorted(params.items())), FlatMapping(sorted(state.items()))  # jax.tree_map sorts keys
+               "classifier": container(w=np.ones((width, 10), np.float32), b=np.zeros(10, np.float32))}
+    state["projector/~/batch_norm/~/mean_ema"] = container(average=np.zeros((1, 4), np.float32))
+    return container(sorted(params.items())), container(sorted(state.items()))  # jax.tree_map sorts keys
 
 
 def write_byol(sd: dict, path: Path, *, dill_style: bool, monkeypatch) -> None:
     """BYOL's pickle: dict(experiment_state=_ByolExperimentState(...), step, rng), protocol 2; the classes
-    live in modules (byol, haiku, dill) that exist only while writing, as on the machine that made the file."""
+    live in modules (byol, haiku, dill) that exist only while writing, as on the machine that made the file.
+    dill_style: namedtuple classes by value and Haiku's older slot-pickled frozendict; else by reference and
+    FlatMapping pickled through its constructor."""
     fakes = {"byol": types.ModuleType("byol"), "byol.byol_experiment": types.ModuleType("byol.byol_experiment"),
              "byol.utils": types.ModuleType("byol.utils"), "byol.utils.optimizers": types.ModuleType("o"),
              "haiku": types.ModuleType("haiku"), "haiku._src": types.ModuleType("haiku._src"),
              "haiku._src.data_structures": types.ModuleType("d"), "dill": types.ModuleType("dill"),
              "dill._dill": types.ModuleType("dill._dill")}
     for module, cls in (("byol.byol_experiment", _ByolExperimentState), ("byol.utils.optimizers", LarsState),
-                        ("haiku._src.data_structures", FlatMapping)):
+                        ("haiku._src.data_structures", FlatMapping), ("haiku._src.data_structures", frozendict)):
         monkeypatch.setattr(cls, "__module__", module)
         setattr(fakes[module], cls.__name__, cls)
 
@@ -157,7 +179,7 @@ def write_byol(sd: dict, path: Path, *, dill_style: bool, monkeypatch) -> None:
                 return _create_namedtuple, (obj.__name__, obj._fields, obj.__module__)
             return NotImplemented
 
-    params, state = haiku_trees(sd, "res_net50")
+    params, state = haiku_trees(sd, "res_net50", frozendict if dill_style else FlatMapping)
     experiment = _ByolExperimentState(params, params, state, state, LarsState(params))
     with monkeypatch.context() as patch:
         for name, module in fakes.items():
