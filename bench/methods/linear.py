@@ -31,9 +31,11 @@ def objective(W, b, X, Y1, lam):
 
 
 def fit_one(X, Y1, lam, W, b, *, max_iter: int, tol: float) -> None:
-    """Minimise f in place from (W, b); stops when the largest gradient entry is below `tol`."""
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
+    """Minimise f in place from (W, b); stops when the largest gradient entry is below `tol` or the loss
+    changes by less than 64 machine epsilons (scikit-learn's stopping rule for its L-BFGS)."""
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=tol,
+                            tolerance_change=64 * torch.finfo(W.dtype).eps, history_size=20,
+                            line_search_fn="strong_wolfe")
 
     def closure():
         loss, W.grad, b.grad = objective(W, b, X, Y1, lam)
@@ -52,7 +54,7 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
     if {p["standardize"] for p in points} != {points[0]["standardize"]}:
         raise ValueError("the points of one fit must agree on standardize")
     mean = X.mean(0) if points[0]["standardize"] else torch.zeros_like(X[0])
-    scale = X.std(0).clamp_min(1e-12) if points[0]["standardize"] else torch.ones_like(X[0])
+    scale = X.std(0, correction=0).clamp_min(1e-12) if points[0]["standardize"] else torch.ones_like(X[0])
     X = (X - mean) / scale
     Y1 = torch.nn.functional.one_hot(y.to(device), num_classes).to(dtype)
     W = torch.zeros(num_classes, X.shape[1], dtype=dtype, device=device)

@@ -1,0 +1,55 @@
+"""SeA's augmentation against a plain loop over the formula of the paper / reference code."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from bench.methods import sea
+from reference import reference_augment
+
+
+def direction_loop(x, grad, alpha):
+    """d_i from the literal recipe: softmax over all j, zero the diagonal, renormalise, project, normalise."""
+    n, _ = x.shape
+    g = [grad[i] / grad[i].norm() for i in range(n)]
+    out = []
+    for i in range(n):
+        e = [math.exp(float(g[i] @ x[j]) / alpha) for j in range(n)]
+        p = [v / sum(e) for v in e]
+        p[i] = 0.0
+        p = [v / sum(p) for v in p]
+        d = sum(p[j] * x[j] for j in range(n))
+        out.append(d / d.norm())
+    return torch.stack(out)
+
+
+def test_direction_matches_the_loop():
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(2, 7, 5, dtype=torch.float64), dim=-1)
+    grad = torch.randn(2, 7, 5, dtype=torch.float64)
+    alpha = torch.tensor([0.5, 2.0], dtype=torch.float64).view(-1, 1, 1)
+    got = sea.direction(x, grad, alpha)
+    for g in range(2):
+        torch.testing.assert_close(got[g], direction_loop(x[g], grad[g], float(alpha[g])), rtol=1e-10, atol=1e-12)
+
+
+def test_augment_matches_the_reference_recipe():
+    torch.manual_seed(1)
+    G, B, D, C = 3, 9, 6, 4
+    x = F.normalize(torch.randn(G, B, D, dtype=torch.float64), dim=-1)
+    y = torch.randint(0, C, (G, B))
+    W = torch.randn(G, C, D, dtype=torch.float64)
+    hp = {k: torch.tensor(v, dtype=torch.float64).view(-1, 1, 1) for k, v in
+          {"eta": [0.1, 0.8, 0.3], "alpha": [0.3, 1.0, 0.5], "delta": [0.0, 0.2, 0.5], "lamda": [0.1, 1.0, 0.5]}.items()}
+    got = sea.augment(W, x, F.one_hot(y, C).double(), hp)
+    for g in range(G):
+        want = reference_augment(x[g], y[g], W[g], **{k: float(v[g]) for k, v in hp.items()})
+        torch.testing.assert_close(got[g], want, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(G, B, dtype=torch.float64))
+
+
+def test_a_batch_of_one_is_left_as_it_is():
+    x = F.normalize(torch.randn(2, 1, 4, dtype=torch.float64), dim=-1)
+    hp = {k: torch.ones(2, 1, 1, dtype=torch.float64) for k in ("eta", "alpha", "delta", "lamda")}
+    assert torch.equal(sea.augment(torch.randn(2, 3, 4, dtype=torch.float64), x, torch.eye(3, dtype=torch.float64)[torch.tensor([[0], [1]])], hp), x)
