@@ -358,3 +358,6 @@ def test_baselines_and_timm_tags(models, tmp_path):
     assert_same(tagged, models["resnet18"])
     with pytest.raises(UserError, match="only goes with source timm"):
         backbones.make_transform(**cfg["preprocess"])
+    with pytest.raises(UserError, match="cannot load timm's pretrained resnet18.no_such_tag"):
+        backbones.create(**zoo_config("timm", arch="resnet18.no_such_tag"), cache_dir=tmp_path)
+    assert "names no checkpoint file" in error_of(zoo_config("local"), tmp_path)
