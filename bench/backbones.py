@@ -128,7 +128,7 @@ def load_state(path: Path, *, layout: str | None, target: dict[str, torch.Tensor
 def converted_state(path: Path, *, layout: str | None, model: nn.Module, arch: str, file_sha256: str) -> tuple:
     """`load_state`, with BYOL's slow pickle conversion cached next to the file, keyed by its hash."""
     cached = path.with_name(f"{path.name}.{arch}.{file_sha256[:16]}.pt")
-    if layout == layouts.BYOL and cached.is_file():
+    if layout in (None, layouts.BYOL) and cached.is_file():  # only a BYOL file has a converted copy
         try:
             return torch.load(cached, map_location="cpu", weights_only=True), layout
         except Exception:  # noqa: BLE001 -- a damaged cache entry, whatever torch raises: convert again

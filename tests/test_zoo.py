@@ -54,6 +54,16 @@ def test_every_config_is_a_complete_entry(name):
         assert cfg["preprocess"]["mean"] is None  # SimCLR's TF models take [0, 1] pixels
 
 
+def test_every_config_composes_in_the_config_tree():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base=None):
+        for name in NAMES:
+            cfg = compose(config_name="config", overrides=[f"backbone={name}"])
+            plain = OmegaConf.to_container(cfg.backbone, resolve=True)
+            assert plain["name"] == (f"timm_{plain['arch']}" if name == "timm" else name)
+
+
 def test_zoo_covers_the_issue():
     wanted = {"mocov1_r50", "mocov2_r50", "mocov2_r50_200ep", "simclr1_r50", "simclr2_r50", "byol_r50", "swav_r50",
               "deepclusterv2_r50", "selav2_r50", "dino_r50", "barlowtwins_r50", "simsiam_r50", "pclv1_r50",
