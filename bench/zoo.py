@@ -1,6 +1,7 @@
 """`seabench backbones`: the checkpoint zoo, read from conf/backbone/*.yaml (the config tree is the registry).
 
-    seabench backbones                     name, architecture, method, paper, size, hash, on disk
+    seabench backbones                     name, architecture, method, paper, size, layout, hash, on disk
+    seabench backbones --layouts           each checkpoint layout: wrapper, backbone prefix, keys dropped
     seabench backbones --download NAME ... fetch (and verify) those checkpoints into the cache
 """
 
@@ -17,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 import bench
-from bench import UserError, backbones, fetch
+from bench import UserError, backbones, fetch, haiku, layouts
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,24 @@ def on_disk(entry: dict, cache_dir: Path) -> str:
 def rows(cache_dir: Path) -> list[list[str]]:
     out = []
     for name, entry in entries().items():
+        layout = entry.get("layout") or ("detected" if entry.get("source") == "checkpoint" else "-")
         out.append([name, str(entry.get("arch")), str(entry.get("method") or "-"),
-                    short_paper(entry.get("paper")), parameters(str(entry.get("arch"))),
+                    short_paper(entry.get("paper")), parameters(str(entry.get("arch"))), layout,
                     hash_status(entry), on_disk(entry, cache_dir)])
     return out
 
 
-def table(cells: list[list[str]]) -> str:
-    header = ["name", "arch", "method", "paper", "params", "published hash", "on disk"]
+LISTING = ["name", "arch", "method", "paper", "params", "layout", "published hash", "on disk"]
+
+
+def layout_rows() -> list[list[str]]:
+    rows = [[name, spec.wrapper or "(the file)", spec.prefix or "-", ", ".join(spec.drop) or "-",
+             "by order" if spec.by_order else "by name"] for name, spec in layouts.LAYOUTS.items()]
+    return [*rows, [layouts.BYOL, "experiment_state.online_params / online_state (Haiku)", "-",
+                    ", ".join(haiku.HEADS), "by order, HWIO -> OIHW"]]
+
+
+def table(cells: list[list[str]], header: list[str]) -> str:
     widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *cells]]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
@@ -110,6 +121,7 @@ def download(names: list[str], cache_dir: Path) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="seabench backbones", description=__doc__.splitlines()[0])
     parser.add_argument("--download", nargs="+", metavar="NAME", help="fetch these checkpoints into the cache")
+    parser.add_argument("--layouts", action="store_true", help="show how each checkpoint layout is converted")
     parser.add_argument("--cache-dir", default=os.environ.get("SEABENCH_CACHE", DEFAULT_CACHE),
                         help="the cache_dir of conf/config.yaml (default: $SEABENCH_CACHE or %(default)s)")
     args = parser.parse_args(argv)
@@ -117,5 +129,8 @@ def main(argv: list[str]) -> int:
     if args.download:
         download(args.download, cache_dir)
         return 0
-    print(table(rows(cache_dir)))
+    if args.layouts:
+        print(table(layout_rows(), ["layout", "state dict under", "backbone prefix", "dropped", "matched"]))
+        return 0
+    print(table(rows(cache_dir), LISTING))
     return 0

@@ -170,8 +170,23 @@ def test_listing_and_download_command(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in NAMES:
         assert re.search(rf"^{name}\s", out, re.MULTILINE), name
-    assert re.search(r"^mocov2_r50\s.*md5 prefix a04e12f8\s+yes, 1 MB$", out, re.MULTILINE)
-    assert re.search(r"^simclr2_r50\s.*none published\s+no$", out, re.MULTILINE)
+    assert re.search(r"^mocov2_r50\s.*moco\s+md5 prefix a04e12f8\s+yes, 1 MB$", out, re.MULTILINE)
+    assert re.search(r"^simclr2_r50\s.*simclr2\s+none published\s+no$", out, re.MULTILINE)
+    assert cli(["backbones", "--layouts"]) == 0
+    assert re.search(r"^moco\s+state_dict\s+module\.encoder_q\.\s+module\.encoder_q\.fc\., module\.encoder_k",
+                     capsys.readouterr().out, re.MULTILINE)
     assert cli(["backbones", "--download", "nope", "--cache-dir", str(cache)]) == 2
     assert "unknown backbone 'nope'; known: " in capsys.readouterr().err
     assert zoo.parameters("resnet50") == "23.5M"
+
+
+def test_download_command_fetches_and_verifies(tmp_path, monkeypatch, capsys):
+    source, sha = published_file(tmp_path)
+    fake = {"mine": entry(source.as_uri(), sha256=sha), "pixels": config("pixels")}
+    monkeypatch.setattr(zoo, "entries", lambda: fake)
+    cache = tmp_path / "cache"
+    assert cli(["backbones", "--download", "mine", "--cache-dir", str(cache)]) == 0
+    assert f"sha256 {sha}, verified: published sha256" in capsys.readouterr().out
+    assert leftovers(cache) == ["tv.pth", "tv.pth.sha256"]
+    assert cli(["backbones", "--download", "pixels", "--cache-dir", str(cache)]) == 2
+    assert "has no checkpoint file" in capsys.readouterr().err
