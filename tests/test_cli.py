@@ -1,0 +1,110 @@
+"""The command line as a user runs it: the demo, the table, given features, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def seabench(*args, tmp: Path, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEABENCH_CACHE": str(tmp / "cache"),
+           "SEABENCH_DATA": str(tmp / "data")}
+    out = subprocess.run([sys.executable, "-m", "bench", *args], cwd=tmp, env=env, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"exit {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def test_demo_and_table(tmp_path):
+    out = seabench("run", "-m", "experiment=demo", tmp=tmp_path)
+    records = sorted((tmp_path / "results" / "runs" / "digits").rglob("*.json"))
+    assert len(records) == 6, out.stdout + out.stderr
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["protocol_version"] == 1 and record["dataset"] == "digits"
+        assert set(record["timings"]) >= {"backbone", "fit", "features_train", "features_val", "features_test"}
+        assert len(record["test"]["top1"]) == (1 if record["method"] == "linear" else 3)
+        assert min(record["test"]["top1"]) > 60  # real learning on real digits
+        assert record["provenance"]["packages"]["torch"]
+        if record["method"] == "sea":
+            assert "eta" in record["chosen"]
+    table = seabench("table", tmp=tmp_path).stdout
+    assert "random-init ResNet-10-T" in table and "pixels" in table and "digits" in table
+    assert (tmp_path / "results" / "table.md").read_text().strip() == table.strip()
+    assert len((tmp_path / "results" / "table.csv").read_text().splitlines()) == 7
+    # a second run of the same cell is skipped, and extracts nothing
+    again = seabench("run", "dataset=digits", "backbone=random_resnet10t", "method=linear", tmp=tmp_path)
+    assert "skipping" in again.stdout + again.stderr
+
+
+@pytest.fixture
+def given(tmp_path):
+    """Features in the SeA reference code's format: torch.save'd tensors and label lists."""
+    torch.manual_seed(0)
+    centers = torch.randn(3, 8) * 3
+    files = set()
+    for split, n in [("train", 90), ("test", 30)]:
+        y = torch.arange(n) % 3
+        torch.save(centers[y] + torch.randn(n, 8), tmp_path / f"{split}_feat.pth")
+        torch.save(y.tolist(), tmp_path / f"{split}_label.pth")
+        files |= {f"dataset.load.{split}_feat_path={tmp_path / f'{split}_feat.pth'}",
+                  f"dataset.load.{split}_label_path={tmp_path / f'{split}_label.pth'}"}
+    return sorted(files)
+
+
+def test_given_features_reference_protocol(tmp_path, given):
+    seabench("run", "dataset=features", "method=sea", "protocol=reference", "method.params.epochs=50", *given,
+             tmp=tmp_path)
+    (path,) = (tmp_path / "results" / "runs" / "features" / "given").glob("sea-reference-*.json")
+    record = json.loads(path.read_text())
+    assert record["sizes"] == {"train": 90, "test": 30} and record["params"]["eta"] == 0.8
+    assert record["curve"] == [] and min(record["test"]["top1"]) > 90
+
+
+def test_given_features_without_val_carve_it_from_train(tmp_path, given):
+    seabench("run", "dataset=features", "method=linear", "method.grid.penalty=[0.1,10.0]", *given, tmp=tmp_path)
+    (path,) = (tmp_path / "results" / "runs" / "features" / "given").glob("linear-selection-*.json")
+    assert json.loads(path.read_text())["sizes"] == {"train": 81, "val": 9, "test": 30}
+
+
+def error_of(out) -> str:
+    assert out.returncode != 0
+    return out.stdout + out.stderr
+
+
+def test_unknown_dataset_lists_the_known_ones(tmp_path):
+    text = error_of(seabench("run", "dataset=nope", tmp=tmp_path, check=False))
+    assert "nope" in text and "digits" in text and "dtd" in text
+
+
+def test_unknown_command(tmp_path):
+    text = error_of(seabench("frobnicate", tmp=tmp_path, check=False))
+    assert "unknown command 'frobnicate'" in text and "run" in text
+
+
+def test_default_run_names_what_is_missing(tmp_path):
+    text = error_of(seabench("run", "method=sea", "dataset=dtd", tmp=tmp_path, check=False))
+    assert "dtd" in text.lower() and str(tmp_path / "data") in text and "Traceback" not in text
+    text = error_of(seabench("run", "dataset=digits", tmp=tmp_path, check=False))  # default backbone: MoCo v2
+    assert "moco_v2_800ep_pretrain.pth.tar" in text and str(tmp_path / "cache") in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_missing_feature_file(tmp_path, given):
+    args = [a.replace("test_feat.pth", "absent.pth") for a in given]
+    text = error_of(seabench("run", "dataset=features", "method=linear", *args, tmp=tmp_path, check=False))
+    assert "test features file not found" in text and "absent.pth" in text and "Traceback" not in text
+
+
+def test_features_and_labels_of_different_lengths(tmp_path, given):
+    torch.save(list(range(3)) * 29, tmp_path / "train_label.pth")  # 87 labels for 90 rows
+    text = error_of(seabench("run", "dataset=features", "method=linear", *given, tmp=tmp_path, check=False))
+    assert "train features have 90 rows but train labels have 87 entries" in text and "Traceback" not in text
+    assert not (tmp_path / "results" / "runs").exists()
