@@ -2,6 +2,9 @@
 
     seabench run [-m] <hydra overrides>   one run (or a sweep with -m) -> one record per run
     seabench table                        records -> results/table.md and results/table.csv, printed
+    seabench doctor                       which datasets are on disk, complete or not
+    seabench data get NAME                download and verify a dataset
+    seabench backbones                    the checkpoint zoo
 """
 
 from __future__ import annotations
