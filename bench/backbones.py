@@ -61,9 +61,10 @@ def make_transform(*, resize: int, crop: int, interpolation: str, mean, std) -> 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
+        tensor = state[key].detach().cpu().contiguous()
         digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        flat = tensor.reshape(-1)  # 0-d tensors (BN's num_batches_tracked) cannot be viewed as bytes
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
