@@ -43,7 +43,8 @@ def extract_all(config: dict, task: Task, device, timings: dict) -> tuple[dict, 
         if not torch.isfinite(X).all():
             raise UserError(f"backbone {backbone.name} gave NaN or infinite features on {task.name}/{split}")
         data[split] = (X, y)
-    return data, entries, {"weights_sha256": backbone.weights_sha256, "preprocess": backbone.preprocess}
+    return data, entries, {"weights_sha256": backbone.weights_sha256, "preprocess": backbone.preprocess,
+                           "checkpoint": backbone.provenance}
 
 
 def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
