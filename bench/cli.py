@@ -50,14 +50,30 @@ def logspace(start, stop, num) -> list[float]:
     return [float(v) for v in (10.0 ** (start + (stop - start) * i / (int(num) - 1)) for i in range(int(num)))]
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("backbone", "dataset", "method", "protocol", "experiment")
+
+
+def check_choices(argv: list[str]) -> None:
+    """One sentence for an unknown group choice (`dataset=nope`, or one of a sweep's `a,b`), before Hydra."""
+    for arg in argv:
+        group, _, value = arg.lstrip("+").partition("=")
+        if group in GROUPS and value and "(" not in value:  # leave Hydra's sweep functions to Hydra
+            known = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+            for choice in value.split(","):
+                if choice not in known and choice != "null":
+                    raise UserError(f"unknown {group} {choice!r}; known: {', '.join(known)}")
+
+
 def run_main(argv: list[str]) -> int:
     """Hand the overrides to Hydra: `seabench run [-m] key=value ...`."""
     import hydra
     from omegaconf import OmegaConf
 
+    check_choices(argv)
     if not OmegaConf.has_resolver("logspace"):
         OmegaConf.register_new_resolver("logspace", logspace)
-    conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
+    conf_dir = str(CONF)
     task = hydra.main(version_base="1.3", config_path=conf_dir, config_name="config")(run_job)
     sys.argv = ["seabench run", *argv]
     task()

@@ -6,7 +6,7 @@ import torch
 from bench import backbones, features
 from bench.data import digits
 
-PRE = dict(resize=16, crop=16, interpolation="bicubic", mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+PRE = {"resize": 16, "crop": 16, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_changed_preprocessing_or_weights_misses(tmp_path, task):
 
 def test_a_failed_write_leaves_no_entry(tmp_path, task, monkeypatch):
     def broken_save(obj, path):
-        open(path, "wb").write(b"half")
+        with open(path, "wb") as f:
+            f.write(b"half")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)

@@ -22,7 +22,7 @@ def test_probe_matches_sklearn(digits, penalty):
     Xtr, ytr, Xte, yte = digits
     scaler = StandardScaler().fit(Xtr)
     ref = LogisticRegression(C=1 / penalty, tol=1e-10, max_iter=20000).fit(scaler.transform(Xtr), ytr)
-    point = dict(penalty=penalty, max_iter=20000, tol=1e-10, standardize=True)
+    point = {"penalty": penalty, "max_iter": 20000, "tol": 1e-10, "standardize": True}
     heads = linear.fit(torch.tensor(Xtr), torch.tensor(ytr), num_classes=10, points=[point], device="cpu")
     # our heads act on raw features; undo the folded standardisation to compare with sklearn's coefficients
     W = heads.weight[0].numpy() * scaler.scale_
@@ -44,7 +44,7 @@ def test_probe_matches_sklearn(digits, penalty):
 def test_warm_started_sweep_equals_separate_fits(digits):
     Xtr, ytr, _, _ = digits
     X, y = torch.tensor(Xtr), torch.tensor(ytr)
-    pts = [dict(penalty=p, max_iter=20000, tol=1e-10, standardize=True) for p in (1.0, 1e2, 10.0)]
+    pts = [{"penalty": p, "max_iter": 20000, "tol": 1e-10, "standardize": True} for p in (1.0, 1e2, 10.0)]
     sweep = linear.fit(X, y, num_classes=10, points=pts, device="cpu")
     for i, p in enumerate(pts):
         alone = linear.fit(X, y, num_classes=10, points=[p], device="cpu")

@@ -21,7 +21,9 @@ class Oracle:
 
 
 def data(val_label, test_label, n=10):
-    split = lambda label, offset: (torch.full((n, 2), float(offset)), torch.full((n,), label))  # noqa: E731
+    def split(label, offset):
+        return torch.full((n, 2), float(offset)), torch.full((n,), label)
+
     return {"train": split(0, 1), "val": split(val_label, 2), "test": split(test_label, 3)}
 
 

@@ -4,9 +4,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from reference import reference_augment
 
 from bench.methods import sea
-from reference import reference_augment
 
 
 def direction_loop(x, grad, alpha):

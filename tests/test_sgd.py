@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from reference import reference_train
 from sklearn.datasets import load_digits
 
 from bench.methods import sea, sgd
-from reference import reference_train
 
-BASE = dict(momentum=0.9, weight_decay=1e-4, batch_size=64, epochs=3, lamda=0.1, delta=0.0, center=False)
+BASE = {"momentum": 0.9, "weight_decay": 1e-4, "batch_size": 64, "epochs": 3, "lamda": 0.1, "delta": 0.0,
+        "center": False}
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ selection protocol carves val out of train (see `bench.protocol`).
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ def read(split: str, feat_path, label_path) -> tuple[torch.Tensor, torch.Tensor,
     try:
         x = torch.load(feat_path, map_location="cpu", weights_only=True)
         y = torch.load(label_path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types for a file that is not a tensor file
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:  # not a torch file
         raise UserError(f"cannot read {split} features or labels ({feat_path}, {label_path}): {err}") from None
     if not torch.is_tensor(x) or x.ndim != 2 or not x.is_floating_point():
         raise UserError(f"{split} features in {feat_path} must be a float tensor of shape [N, D]")

@@ -1,0 +1,71 @@
+"""Every config composes, and its keys are the arguments of the code it configures."""
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from bench import backbones, cli
+
+CONF = Path(cli.__file__).resolve().parents[1] / "conf"
+
+
+def names(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(*overrides):
+    if not OmegaConf.has_resolver("logspace"):
+        OmegaConf.register_new_resolver("logspace", cli.logspace)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def test_defaults_are_the_real_setting():
+    cfg = composed()
+    assert cfg["backbone"]["name"] == "mocov2_r50" and cfg["backbone"]["arch"] == "resnet50"
+    assert cfg["dataset"]["name"] == "dtd" and cfg["method"]["name"] == "linear"
+    assert cfg["protocol"]["name"] == "selection" and cfg["seeds"] == 3
+
+
+@pytest.mark.parametrize("method", names("method"))
+def test_methods_compose_and_their_grids_sweep_their_params(method):
+    cfg = composed(f"method={method}")["method"]
+    assert cfg["name"] == method and set(cfg["grid"]) <= set(cfg["params"])
+    assert all(isinstance(v, list) and v for v in cfg["grid"].values())
+    assert callable(importlib.import_module(cfg["module"]).fit)
+
+
+def test_linear_grid_is_45_log_spaced_penalties():
+    grid = composed("method=linear")["method"]["grid"]["penalty"]
+    assert len(grid) == 45 and grid[0] == pytest.approx(1e-6) and grid[-1] == pytest.approx(1e5)
+    assert all(b / a == pytest.approx(10 ** 0.25) for a, b in zip(grid, grid[1:]))
+
+
+@pytest.mark.parametrize("backbone", names("backbone"))
+def test_backbone_keys_are_arguments_of_create(backbone):
+    cfg = composed(f"backbone={backbone}")["backbone"]
+    params = inspect.signature(backbones.create).parameters
+    accepts_extra = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    assert cfg["name"] and "preprocess" in cfg and (accepts_extra or set(cfg) <= set(params))
+
+
+@pytest.mark.parametrize("dataset", names("dataset"))
+def test_datasets_name_a_loader_and_a_metric(dataset):
+    cfg = composed(f"dataset={dataset}")["dataset"]
+    assert cfg["metric"] in ("top1", "mean_per_class")
+    module, _, function = cfg["load"]["_target_"].rpartition(".")
+    loader = getattr(importlib.import_module(module), function)
+    params = inspect.signature(loader).parameters
+    assert set(cfg["load"]) - {"_target_"} <= set(params) and "root" in params
+
+
+def test_demo_experiment_sweeps_two_backbones_and_three_methods():
+    cfg = composed("experiment=demo")
+    assert cfg["dataset"]["name"] == "digits"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        sweep = compose("config", overrides=["experiment=demo"], return_hydra_config=True).hydra.sweeper.params
+    assert dict(sweep) == {"backbone": "pixels,random_resnet10t", "method": "linear,sgd,sea"}
