@@ -91,9 +91,10 @@ def weights_file(*, name: str, file: str | None, url: str | None, homepage: str 
     if file is None:
         raise UserError(f"backbone {name} names no checkpoint file; pass backbone.checkpoint=/path/to/weights")
     path = checkpoint_path(cache_dir=cache_dir, file=file)
+    hashes = {"sha256": sha256, "md5": md5}
     found = None
     if path.is_file():
-        found, problem = fetch.verify(path, sha256=sha256, md5=md5)
+        found, problem = fetch.verify(path, hashes)
         if problem and not url:
             raise UserError(f"{path} fails its hash check ({problem}): delete it (and {fetch.sidecar(path).name}) "
                             f"and put the file from {homepage or url} there again")
@@ -105,7 +106,7 @@ def weights_file(*, name: str, file: str | None, url: str | None, homepage: str 
         if not url:
             raise UserError(f"the weights of backbone {name} are not on disk and have no direct download: "
                             f"get {file} from {homepage} and put it at {path}")
-        found = fetch.download(url, path, sha256=sha256, md5=md5)
+        found = fetch.download(url, path, hashes=hashes)
     return path, {"file": str(path), "url": url, "file_sha256": found["sha256"],
                   "verified": verified_by(path, sha256=sha256, md5=md5)}
 

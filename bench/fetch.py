@@ -1,10 +1,11 @@
-"""Downloads that are verified before anyone reads them.
+"""Downloads that are verified before anyone reads them: the one downloader of checkpoints and datasets.
 
-A download streams to `<dest>.part-<pid>`, is hashed, checked against the published hash (if
-any) and only then renamed to `dest`: a killed job or a broken connection leaves no file under the
-final name. The computed sha256 is written beside the file (`<dest>.sha256`) so a later corruption on
-disk is caught even for files whose publisher gave no hash. Any URL `urllib` opens works, which is
-how the tests serve files (`file://`) without a network.
+A download streams to `<dest>.part-<pid>` under a lock (`<dest>.lock`), is hashed, checked against
+the published hashes (if any) and only then renamed to `dest`: a killed job or a broken connection
+leaves no file under the final name. Published hashes are a mapping of algorithm to hex digest, full
+or the prefix a publisher prints (`{"md5": "a04e12f8"}`). The computed sha256 is written beside the
+file (`<dest>.sha256`) so a later corruption on disk is caught even for files whose publisher gave no
+hash. Any URL `urllib` opens works, which is how the tests serve files (`file://`) without a network.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from filelock import FileLock
@@ -24,21 +26,30 @@ from bench import UserError
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read
+TIMEOUT = 60.0  # seconds a connection may stay silent
 MIN_PREFIX = 8  # hex digits: the shortest published hash prefix we accept (MoCo's md5, torchvision's sha256)
+ALGORITHMS = ("sha256", "sha1", "md5")  # what publishers give (MIT67 publishes a sha1)
+RECORDED = "sha256"  # the hash every download is recorded and reported by
+
+Hashes = Mapping[str, "str | None"]  # algorithm -> published hex digest (full or prefix); None: not published
 
 
-def digests(path: Path) -> dict[str, str]:
-    """sha256 and md5 of a file, in one pass."""
-    sha, md5 = hashlib.sha256(), hashlib.md5()
+def digests(path: Path, algorithms: Iterable[str] = ()) -> dict[str, str]:
+    """The sha256 of a file and its hashes by any other `algorithms`, in one pass."""
+    hashes = {kind: hashlib.new(kind) for kind in (RECORDED, *algorithms)}
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            md5.update(chunk)
-    return {"sha256": sha.hexdigest(), "md5": md5.hexdigest()}
+            for h in hashes.values():
+                h.update(chunk)
+    return {kind: h.hexdigest() for kind, h in hashes.items()}
 
 
 def sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+    return path.with_name(f"{path.name}.{RECORDED}")
+
+
+def lockfile(path: Path) -> Path:
+    return path.with_name(f"{path.name}.lock")
 
 
 def record(path: Path, sha256: str) -> None:
@@ -48,20 +59,23 @@ def record(path: Path, sha256: str) -> None:
     os.replace(tmp, sidecar(path))
 
 
-def published(name: str, *, sha256: str | None, md5: str | None) -> dict[str, str]:
-    """The hashes the publisher gave (full, or the prefix they print), checked for usable length."""
-    want = {kind: value.lower() for kind, value in (("sha256", sha256), ("md5", md5)) if value}
+def published(name: str, hashes: Hashes) -> dict[str, str]:
+    """The hashes the publisher gave (full, or the prefix they print), checked for kind and usable length."""
+    want = {kind.lower(): value.lower() for kind, value in hashes.items() if value}
     for kind, value in want.items():
+        if kind not in ALGORITHMS:
+            raise UserError(f"the published hash of {name} is a {kind!r} hash; known kinds: "
+                            f"{', '.join(ALGORITHMS)}")
         if len(value) < MIN_PREFIX:
             raise UserError(f"the published {kind} of {name} is too short to check ({value!r})")
     return want
 
 
-def expected(path: Path, *, sha256: str | None, md5: str | None) -> dict[str, str]:
+def expected(path: Path, hashes: Hashes) -> dict[str, str]:
     """The hashes `path` must have: the published ones, else the one recorded when it was downloaded."""
-    want = published(path.name, sha256=sha256, md5=md5)
+    want = published(path.name, hashes)
     if not want and sidecar(path).is_file():
-        want = {"sha256": sidecar(path).read_text().strip()}
+        want = {RECORDED: sidecar(path).read_text().strip()}
     return want
 
 
@@ -73,43 +87,57 @@ def mismatch(found: dict[str, str], want: dict[str, str]) -> str | None:
     return None
 
 
-def verify(path: Path, *, sha256: str | None, md5: str | None) -> tuple[dict[str, str], str | None]:
+def verify(path: Path, hashes: Hashes) -> tuple[dict[str, str], str | None]:
     """(digests of the file, None or why it fails its expected hash)."""
-    found = digests(path)
-    return found, mismatch(found, expected(path, sha256=sha256, md5=md5))
+    want = expected(path, hashes)
+    found = digests(path, want)
+    return found, mismatch(found, want)
 
 
-def download(url: str, dest: Path, *, sha256: str | None = None, md5: str | None = None) -> dict[str, str]:
-    """Fetch `url` to `dest` (atomically, under a lock) and return its digests; raise on any failure."""
+def download(url: str, dest: Path, *, hashes: Hashes | None = None,
+             timeout: float = TIMEOUT) -> dict[str, str]:
+    """Fetch `url` to `dest` (atomically, under a lock) and return its digests; reuse a `dest` that passes."""
+    want = published(dest.name, hashes or {})
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest) + ".lock"):
-        if dest.is_file():  # another job fetched it while we waited for the lock
-            found, problem = verify(dest, sha256=sha256, md5=md5)
+    with FileLock(str(lockfile(dest))):
+        if dest.is_file():  # fetched earlier, or by another job while we waited for the lock
+            found, problem = verify(dest, want)
             if problem is None:
+                log.info("%s already downloaded and verified", dest)
                 return found
             dest.unlink()
         sidecar(dest).unlink(missing_ok=True)  # a fresh download is checked against the publisher only
-        tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
-        try:
-            _stream(url, tmp)
-            found = digests(tmp)
-            problem = mismatch(found, published(dest.name, sha256=sha256, md5=md5))
-            if problem:
-                raise UserError(f"the download of {dest.name} from {url} is corrupt or not the published file "
-                                f"({problem}); it was removed, try again or fetch it by hand to {dest}")
-            os.replace(tmp, dest)
-            record(dest, found["sha256"])
-        finally:
-            tmp.unlink(missing_ok=True)
-    log.info("downloaded %s (sha256 %s)", dest, found["sha256"])
+        found = _fetch_new(url, dest, want, timeout)
+    if want:
+        log.info("downloaded %s (%s %s)", dest, RECORDED, found[RECORDED])
+    else:
+        log.warning("%s has no published hash to check it against; its %s %s is recorded in %s",
+                    url, RECORDED, found[RECORDED], sidecar(dest))
     return found
 
 
-def _stream(url: str, tmp: Path) -> None:
+def _fetch_new(url: str, dest: Path, want: dict[str, str], timeout: float) -> dict[str, str]:
+    """Stream, hash, check against `want`, rename to `dest` and record; the caller holds the lock."""
+    tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
+    try:
+        _stream(url, tmp, timeout)
+        found = digests(tmp, want)
+        problem = mismatch(found, want)
+        if problem:
+            raise UserError(f"the download of {dest.name} from {url} is corrupt or not the published file "
+                            f"({problem}); it was removed, try again or fetch it by hand to {dest}")
+        os.replace(tmp, dest)
+        record(dest, found[RECORDED])
+    finally:
+        tmp.unlink(missing_ok=True)
+    return found
+
+
+def _stream(url: str, tmp: Path, timeout: float) -> None:
     """Copy the bytes behind `url` into `tmp`; a short read or any network error is a UserError."""
     name = tmp.name.rsplit(".part-", 1)[0]
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None) as bar:
                 while chunk := response.read(CHUNK):

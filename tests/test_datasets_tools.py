@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import fake_datasets
 import pytest
 from fake_datasets import FAKES, put
 
-from bench import UserError
+from bench import UserError, fetch
 from bench.data import doctor, download, dtd, folder
 
 
@@ -54,20 +56,45 @@ def make_archive(tmp_path: Path, name: str) -> tuple[Path, str]:
     return archive, hashlib.md5(archive.read_bytes()).hexdigest()
 
 
-def test_fetch_verifies_and_renames(tmp_path):
+def test_fetch_verifies_renames_and_reuses(tmp_path, monkeypatch):
     archive, md5 = make_archive(tmp_path, "dtd")
-    dest = tmp_path / "out" / "a.tar.gz"
-    download.fetch(archive.as_uri(), dest, f"md5:{md5}")
-    assert dest.read_bytes() == archive.read_bytes()
-    with pytest.raises(UserError, match="is corrupt: expected md5:0+, got md5:"):
-        download.fetch(archive.as_uri(), tmp_path / "out" / "b.tar.gz", "md5:" + "0" * 32)
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["a.tar.gz"]  # no partial file left behind
+    out = tmp_path / "out"
+    resource = download.Resource(archive.as_uri(), digest=f"md5:{md5}")
+    dest = download.fetch_resource(resource, out)
+    assert dest == out / archive.name and dest.read_bytes() == archive.read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("fetched a file already on disk"))
+        assert download.fetch_resource(resource, out) == dest
+    sha1 = hashlib.sha1(archive.read_bytes()).hexdigest()  # MIT67 publishes a sha1
+    download.fetch_resource(download.Resource(archive.as_uri(), digest=f"sha1:{sha1}"), out / "sha1")
+    wrong = download.Resource(archive.as_uri(), digest="md5:" + "0" * 32)
+    with pytest.raises(UserError, match=rf"not the published file \(its md5 is {md5}, expected 0{{32}}\)"):
+        download.fetch_resource(wrong, out / "bad")
+    kept = [archive.name, f"{archive.name}.sha256"]  # with the sha256 recorded; no partial file, no lock
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["bad", *kept, "sha1",
+                                                                           *(f"sha1/{name}" for name in kept)]
 
 
-def test_fetch_without_network_names_url_and_destination(tmp_path):
+def test_malformed_or_unknown_digest_is_named(tmp_path):
+    archive, _ = make_archive(tmp_path, "dtd")
+    for digest, message in [("abc", "digest of dtd-r1.0.1.tar.gz must read 'algorithm:hex' .*not 'abc'"),
+                            ("crc32:0123abcd", "is a 'crc32' hash; known kinds: sha256, sha1, md5")]:
+        with pytest.raises(UserError, match=message):
+            download.fetch_resource(download.Resource(archive.as_uri(), digest=digest), tmp_path / "out")
+
+
+def test_every_published_digest_is_one_fetch_checks():
+    resources = [r for entry in doctor.registry().values() for r in entry.module.RESOURCES[entry.name]]
+    kinds = {kind for r in resources for kind in fetch.published(r.filename, r.hashes)}
+    assert kinds == {"md5", "sha1", "sha256"}  # MIT67's sha1 included
+
+
+def test_fetch_without_network_names_file_url_and_destination(tmp_path):
     url = "http://127.0.0.1:9/nothing.tar.gz"  # the discard port: refused at once
-    with pytest.raises(UserError, match=f"cannot download {url} to {tmp_path / 'x.tar.gz'}"):
-        download.fetch(url, tmp_path / "x.tar.gz", None, timeout=5)
+    dest = tmp_path / "nothing.tar.gz"
+    where = f"cannot download nothing.tar.gz from {re.escape(url)} .*put it at {re.escape(str(dest))}$"
+    with pytest.raises(UserError, match=where):
+        download.fetch_resource(download.Resource(url), tmp_path, timeout=5)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -122,6 +149,8 @@ def test_doctor_reports_complete_incomplete_absent(tmp_path, monkeypatch, capsys
 def test_data_get_without_network_leaves_nothing(tmp_path, monkeypatch):
     url = "http://127.0.0.1:9/dtd-r1.0.1.tar.gz"
     monkeypatch.setitem(dtd.RESOURCES, "dtd", (download.Resource(url, into="dtd", digest="md5:" + "2" * 32),))
-    with pytest.raises(UserError, match=f"cannot download {url} to {tmp_path}/.downloads/dtd/dtd-r1.0.1.tar.gz"):
+    dest = tmp_path / ".downloads" / "dtd" / "dtd-r1.0.1.tar.gz"
+    where = f"cannot download {dest.name} from {re.escape(url)} .*put it at {re.escape(str(dest))}$"
+    with pytest.raises(UserError, match=where):
         doctor.data_main(["get", "dtd", "--data-root", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []

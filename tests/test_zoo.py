@@ -136,6 +136,16 @@ def test_no_network_names_file_url_and_place(tmp_path):
     assert leftovers(cache) == []
 
 
+def test_published_prefix_of_any_kind(tmp_path):
+    source, _ = published_file(tmp_path)
+    sha1 = hashlib.sha1(source.read_bytes()).hexdigest()
+    dest = tmp_path / "cache" / "checkpoints" / "tv.pth"
+    found = fetch.download(source.as_uri(), dest, hashes={"sha1": sha1[:8], "md5": None})
+    assert found["sha1"] == sha1 and fetch.sidecar(dest).read_text().strip() == found["sha256"]
+    with pytest.raises(UserError, match="the published sha1 of tv.pth is too short to check"):
+        fetch.download(source.as_uri(), dest, hashes={"sha1": sha1[:7]})
+
+
 def test_short_download_is_refused(tmp_path, monkeypatch):
     class Short:  # a server that promises more bytes than it sends
         def __init__(self):

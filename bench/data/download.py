@@ -1,32 +1,23 @@
 """Fetch a dataset's official files, verify them by hash, unpack them atomically into the data root.
 
-Files are streamed to `<name>.part-<pid>` while hashed, checked, then renamed; archives are unpacked
-into `<root>/.staging-<dataset>-<pid>/` and the finished dataset folder is renamed into place, so a
-killed download never leaves a half-written file or folder under its real name.
+Files are fetched by bench.fetch (streamed to a temporary name while hashed, checked, then renamed)
+into `<root>/.downloads/<dataset>/`; archives are unpacked into `<root>/.staging-<dataset>-<pid>/` and
+the finished dataset folder is renamed into place, so a killed download never leaves a half-written
+file or folder under its real name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import logging
 import os
 import shutil
 import tarfile
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from bench import UserError
-
-log = logging.getLogger(__name__)
-
-CHUNK = 1 << 20  # bytes read per step while streaming a download
+from bench import UserError, fetch
 
 
 @dataclass(frozen=True)
@@ -44,50 +35,26 @@ class Resource:
     def filename(self) -> str:
         return self.url.rstrip("/").rsplit("/", 1)[-1]
 
-
-def file_hash(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verified(path: Path, digest: str | None) -> bool:
-    if digest is None:
-        return path.is_file()
-    algorithm, expected = digest.split(":")
-    return path.is_file() and file_hash(path, algorithm) == expected
+    @property
+    def hashes(self) -> dict[str, str]:
+        """`digest` as bench.fetch takes it (`{"md5": "..."}`); empty when no hash was sourced."""
+        if self.digest is None:
+            return {}
+        algorithm, colon, value = self.digest.partition(":")
+        if not (algorithm and colon and value):
+            raise UserError(f"the digest of {self.filename} must read 'algorithm:hex' with one of "
+                            f"{', '.join(fetch.ALGORITHMS)}, not {self.digest!r}")
+        return {algorithm: value}
 
 
-def fetch(url: str, dest: Path, digest: str | None, *, timeout: float = 60.0) -> Path:
-    """Download `url` to `dest` (temporary name + rename) and check its hash; reuse a verified `dest`."""
-    dest = Path(dest)
-    if verified(dest, digest):
-        log.info("%s already downloaded and verified", dest)
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f"{dest.name}.part-{os.getpid()}")
-    algorithm = digest.split(":")[0] if digest else "sha256"
-    h = hashlib.new(algorithm)
+def fetch_resource(resource: Resource, folder: Path, *, timeout: float = fetch.TIMEOUT) -> Path:
+    """Download one resource into `folder` with bench.fetch (verified, atomic) and return its path."""
+    dest = folder / resource.filename
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out, \
-                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
-                     desc=dest.name, disable=None) as bar:
-            while chunk := response.read(CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-                bar.update(len(chunk))
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        part.unlink(missing_ok=True)
-        raise UserError(f"cannot download {url} to {dest}: {getattr(err, 'reason', err)}") from None
-    if digest and h.hexdigest() != digest.split(":")[1]:
-        part.unlink(missing_ok=True)
-        raise UserError(f"download of {url} is corrupt: expected {digest}, got {algorithm}:{h.hexdigest()}; "
-                        f"nothing was kept, try again")
-    if not digest:
-        log.warning("%s has no published checksum to verify against; its sha256 is %s", url, h.hexdigest())
-    os.replace(part, dest)
+        fetch.download(resource.url, dest, hashes=resource.hashes, timeout=timeout)
+    finally:
+        # the downloads folder belongs to this install (it is deleted when done): its lock need not outlive it
+        fetch.lockfile(dest).unlink(missing_ok=True)
     return dest
 
 
@@ -107,7 +74,7 @@ def install(name: str, subfolder: str, resources: Sequence[Resource], root: Path
     root = Path(root).expanduser()
     downloads = root / ".downloads" / name
     try:
-        archives = [fetch(r.url, downloads / r.filename, r.digest) for r in resources]
+        archives = [fetch_resource(r, downloads) for r in resources]
     except UserError:
         remove_empty(downloads)
         raise
