@@ -1,6 +1,7 @@
 """Every config composes, and its keys are the arguments of the code it configures."""
 
 import importlib
+import itertools
 import inspect
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def test_methods_compose_and_their_grids_sweep_their_params(method):
 def test_linear_grid_is_45_log_spaced_penalties():
     grid = composed("method=linear")["method"]["grid"]["penalty"]
     assert len(grid) == 45 and grid[0] == pytest.approx(1e-6) and grid[-1] == pytest.approx(1e5)
-    assert all(b / a == pytest.approx(10 ** 0.25) for a, b in zip(grid, grid[1:]))
+    assert all(b / a == pytest.approx(10 ** 0.25) for a, b in itertools.pairwise(grid))
 
 
 @pytest.mark.parametrize("backbone", names("backbone"))
