@@ -1,8 +1,8 @@
 """Every config composes, and its keys are the arguments of the code it configures."""
 
 import importlib
-import itertools
 import inspect
+import itertools
 from pathlib import Path
 
 import pytest
