@@ -10,13 +10,10 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from pathlib import Path
 
 from bench import UserError
-
-log = logging.getLogger("seabench")
 
 # subcommand -> "module:function"; each function takes the remaining argv
 COMMANDS = {
@@ -47,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def logspace(start, stop, num) -> list[float]:
     """`${logspace:-6,5,45}` in a config: `num` values from 10**start to 10**stop, log-spaced."""
-    return [float(v) for v in (10.0 ** (start + (stop - start) * i / (int(num) - 1)) for i in range(int(num)))]
+    return [10.0 ** (start + (stop - start) * i / (int(num) - 1)) for i in range(int(num))]
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -73,8 +70,7 @@ def run_main(argv: list[str]) -> int:
     check_choices(argv)
     if not OmegaConf.has_resolver("logspace"):
         OmegaConf.register_new_resolver("logspace", logspace)
-    conf_dir = str(CONF)
-    task = hydra.main(version_base="1.3", config_path=conf_dir, config_name="config")(run_job)
+    task = hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(run_job)
     sys.argv = ["seabench run", *argv]
     task()
     return 0
@@ -95,5 +91,5 @@ def run_job(cfg) -> None:
             raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
         job.run(config, dataset)
     except UserError as err:
-        log.error("%s", err)
+        print(f"seabench: error: {err}", file=sys.stderr)
         sys.exit(2)
