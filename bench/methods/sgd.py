@@ -38,14 +38,29 @@ def init_weight(gen: torch.Generator, num_classes: int, dim: int, dtype) -> torc
 def logit_grad(W, x, y1, hp) -> torch.Tensor:
     """d loss / d logits [G, B, C] of the batch-mean loss lamda * CE(z / lamda), z = x W^T with the
     margin delta subtracted from the true-class logit (the lamda factors cancel)."""
-    z = torch.einsum("gbd,gcd->gbc", x, W) - hp["delta"] * y1
-    return (torch.softmax(z / hp["lamda"], dim=-1) - y1) / x.shape[1]
+    return logit_grad_at(torch.einsum("gbd,gcd->gbc", x, W), y1, hp)
 
 
-def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augment, augment_keys):
+def logit_grad_at(xW, y1, hp) -> torch.Tensor:
+    """`logit_grad` from the products xW = x W^T [G, B, C]."""
+    z = xW - hp["delta"] * y1
+    return (torch.softmax(z / hp["lamda"], dim=-1) - y1) / xW.shape[1]
+
+
+def batch_grad(W, xs, slot, y1, hp, augment=None) -> torch.Tensor:
+    """d loss / d W [G, C, D] on the batch: head g sees seed slot[g]'s batch xs[slot[g]] (xs: [S, B, D]),
+    after `augment` when there is one."""
+    x = xs[slot]
+    if augment:
+        x = augment(W, x, y1, hp)
+    return torch.einsum("gbc,gbd->gcd", logit_grad(W, x, y1, hp), x)
+
+
+def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augment, augment_keys, weight_grad):
     """Weights [G, C, D] and the centre [D] the heads were trained around (zeros without `center`)."""
     shift = X.mean(0) if center else torch.zeros_like(X[0])
-    X = F.normalize(X - shift, dim=1)
+    X = X - shift  # our one working copy, normalised in place: F.normalize(X - shift, dim=1), one X at a time
+    X.div_(X.norm(2, 1, keepdim=True).clamp_min(1e-12))
     n, dim = X.shape
     hp = {k: torch.tensor([p[k] for p in points], dtype=X.dtype, device=X.device).view(-1, 1, 1)
           for k in PER_HEAD + augment_keys}
@@ -56,13 +71,11 @@ def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augmen
     W = torch.stack([init_weight(g, num_classes, dim, X.dtype) for g in gens]).to(X.device)[slot]
     buf = torch.zeros_like(W)
     for _ in range(epochs):
-        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(X.device)[slot]  # [G, N]
+        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(X.device)  # [S, N]
         for start in range(0, n, batch_size):
-            idx = perms[:, start:start + batch_size]
-            x, y1 = X[idx], F.one_hot(y[idx], num_classes).to(X.dtype)  # [G, B, D], [G, B, C]
-            if augment:
-                x = augment(W, x, y1, hp)
-            grad = torch.einsum("gbc,gbd->gcd", logit_grad(W, x, y1, hp), x)
+            idx = perms[:, start:start + batch_size]  # one batch per seed: heads of a seed share it
+            xs, y1 = X[idx], F.one_hot(y[idx[slot]], num_classes).to(X.dtype)  # [S, B, D], [G, B, C]
+            grad = weight_grad(W, xs, slot, y1, hp) if weight_grad else batch_grad(W, xs, slot, y1, hp, augment)
             buf.mul_(hp["momentum"]).add_(grad + hp["weight_decay"] * W)  # torch.optim.SGD, dampening 0
             W.sub_(hp["lr"] * buf)
     return W, shift
@@ -81,8 +94,11 @@ def denormals_flushed():
 
 
 def train(X, y, *, num_classes: int, points: list[dict], device, augment: Callable | None = None,
-          augment_keys: tuple[str, ...] = ()) -> Heads:
-    """Heads for `points`, in their order; one stack per distinct (batch_size, epochs, center)."""
+          augment_keys: tuple[str, ...] = (), weight_grad: Callable | None = None) -> Heads:
+    """Heads for `points`, in their order; one stack per distinct (batch_size, epochs, center).
+
+    A step's gradient is `batch_grad` (with `augment` applied to each head's batch), or `weight_grad`,
+    a method's own computation of the same gradient with the same arguments."""
     X, y = X.to(device), y.to(device)
     W = torch.empty(len(points), num_classes, X.shape[1], dtype=X.dtype, device=device)
     b = torch.empty(len(points), num_classes, dtype=X.dtype, device=device)
@@ -91,7 +107,8 @@ def train(X, y, *, num_classes: int, points: list[dict], device, augment: Callab
         for shared, group in groupby(order, key=lambda i: [points[i][k] for k in SHARED]):
             group = list(group)
             W[group], shift = train_stack(X, y, num_classes=num_classes, points=[points[i] for i in group],
-                                          augment=augment, augment_keys=augment_keys, **dict(zip(SHARED, shared)))
+                                          augment=augment, augment_keys=augment_keys, weight_grad=weight_grad,
+                                          **dict(zip(SHARED, shared)))
             b[group] = -W[group] @ shift  # W normalize(x - m) has the argmax of W x - W m
     return Heads(W, b)
 
