@@ -1,0 +1,360 @@
+"""DESIGN section 9 targets, each measured side by side in one run and printed as one line:
+
+    python benchmarks/speed.py                 # all four targets, about 10 minutes on 2 CPU cores
+    python benchmarks/speed.py --only linear   # one target; --help for the sizes
+
+Timings on a shared machine are noisy: the two sides of each comparison are run alternately
+(A B A B ...) and the median of `--repeats` runs of each is reported. Nothing here is asserted.
+Hyperparameters come from the method configs (conf/method/*.yaml), as a user's run would get them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from bench import backbones, features
+from bench.cli import logspace
+from bench.data import ImageList, read_rgb
+from bench.methods import linear, sea
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("speed")
+
+
+def method_config(name: str) -> tuple[dict, dict]:
+    """(params, grid) of conf/method/<name>.yaml, with its `defaults` (a base method) applied."""
+    if not OmegaConf.has_resolver("logspace"):
+        OmegaConf.register_new_resolver("logspace", logspace)
+    cfg = OmegaConf.load(ROOT / "conf" / "method" / f"{name}.yaml")
+    for base in [d for d in cfg.get("defaults", []) if d != "_self_"]:
+        cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "method" / f"{base}.yaml"), cfg)
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    return cfg["params"], cfg["grid"]
+
+
+def synthetic_features(n: int, *, dim: int, num_classes: int, noise: float, seed: int = 0):
+    """Post-ReLU-like features [n, dim] float32 and labels: class means in a 256-d latent space plus
+    noise, mapped to `dim` by a random linear layer, shifted and rectified (about 55% zeros, correlated
+    dimensions, one scale per dimension) -- the structure a linear probe sees in real CNN features."""
+    gen = torch.Generator().manual_seed(seed)
+    latent = 256
+    means = torch.randn(num_classes, latent, generator=gen)
+    mix = torch.randn(latent, dim, generator=gen) / latent ** 0.5
+    shift = -0.5 + 0.2 * torch.randn(dim, generator=gen)
+    y = torch.randint(0, num_classes, (n,), generator=gen)
+    X = torch.empty(n, dim)
+    for start in range(0, n, 8192):  # in chunks: no [n, dim] temporaries beside X
+        part = y[start:start + 8192]
+        h = means[part] + noise * torch.randn(len(part), latent, generator=gen)
+        X[start:start + len(part)] = torch.relu(h @ mix + shift + 0.5 * torch.randn(len(part), dim, generator=gen))
+    return X, y
+
+
+def alternate(*runs, repeats: int) -> list[list[float]]:
+    """Seconds of each zero-argument callable, run alternately `repeats` times: [[a1, a2 ..], [b1, ..]]."""
+    times = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, out in zip(runs, times):
+            start = time.perf_counter()
+            run()
+            out.append(time.perf_counter() - start)
+    return times
+
+
+def verdict(name: str, compared: str, figures: str, ratio: float, target: str, ok: bool) -> None:
+    print(f"[{name}] {compared}: {figures}; ratio {ratio:.2f}x, target {target}: {'PASS' if ok else 'MISS'}",
+          flush=True)
+
+
+def accuracy(heads, X, y) -> list[float]:
+    return [100 * (p == y).double().mean().item() for p in heads.predict(X)]
+
+
+# ---------------------------------------------------------------------------------------------- linear probe
+
+
+def sklearn_sweep(Xtr, ytr, Xte, penalties, *, max_iter: int, tol: float) -> dict[float, np.ndarray]:
+    """ssl-transfer's probe: standardised features, one warm-started LogisticRegression (L-BFGS) refitted
+    for each C = 1 / penalty; returns the test predictions per penalty."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(Xtr)
+    A, B = scaler.transform(Xtr), scaler.transform(Xte)
+    est = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
+    pred = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter; the same budget applies to ours
+        for penalty in sorted(penalties, reverse=True):  # strong -> weak, as ours
+            pred[penalty] = est.set_params(C=1 / penalty).fit(A, ytr).predict(B)
+    return pred
+
+
+def bench_linear(args) -> None:
+    params, grid = method_config("linear")
+    penalties = grid["penalty"]
+    points = [{**params, "penalty": p} for p in penalties]
+    n, held_out = args.linear_rows, args.linear_test_rows
+    X, y = synthetic_features(n + 2 * held_out, dim=args.dim, num_classes=args.linear_classes, noise=4.0, seed=1)
+    Xtr, ytr = X[:n], y[:n]
+    Xho, yho = X[n:], y[n:]  # val (picks the penalty) then test, `held_out` rows each
+    print(f"linear: train {tuple(Xtr.shape)} float32, val and test {held_out} rows each, {args.linear_classes} "
+          f"classes, {len(points)} penalties in [{min(penalties):g}, {max(penalties):g}], max_iter "
+          f"{params['max_iter']}, tol {params['tol']}, standardize {params['standardize']}", flush=True)
+    out = {}
+
+    def ours():
+        out["ours"] = linear.fit(Xtr, ytr, num_classes=args.linear_classes, points=points, device="cpu")
+
+    def theirs():
+        out["sklearn"] = sklearn_sweep(Xtr.numpy(), ytr.numpy(), Xho.numpy(), penalties,
+                                       max_iter=params["max_iter"], tol=params["tol"])
+
+    t_ours, t_sk = map(statistics.median, alternate(ours, theirs, repeats=args.linear_repeats))
+    correct = {"ours": out["ours"].predict(Xho).eq(yho).double(),  # [penalties, held-out rows]
+               "sklearn": torch.tensor(np.stack([out["sklearn"][p] for p in penalties])).eq(yho).double()}
+    val = {k: 100 * v[:, :held_out].mean(1) for k, v in correct.items()}
+    test = {k: 100 * v[:, held_out:].mean(1) for k, v in correct.items()}
+    pick = {k: int(v.argmax()) for k, v in val.items()}  # first maximum: ties go to the stronger penalty
+    gaps = (test["ours"] - test["sklearn"]).abs()
+    worst = int(gaps.argmax())
+    print(f"linear: picked on val: ours penalty {penalties[pick['ours']]:.3g} (test {test['ours'][pick['ours']]:.2f}%), "
+          f"sklearn penalty {penalties[pick['sklearn']]:.3g} (test {test['sklearn'][pick['sklearn']]:.2f}%); "
+          f"largest test gap at one penalty: {gaps[worst]:.2f} points at {penalties[worst]:.3g} "
+          f"(ours {test['ours'][worst]:.2f}%, sklearn {test['sklearn'][worst]:.2f}%)")
+    gap = abs(test["ours"][pick["ours"]] - test["sklearn"][pick["sklearn"]]).item()
+    verdict("linear", "45-point probe sweep, bench.methods.linear.fit vs sklearn LogisticRegression(lbfgs, "
+            "warm_start=True) over C = 1/penalty", f"{t_ours:.1f} s vs {t_sk:.1f} s (median of "
+            f"{args.linear_repeats}), test accuracy of the val pick {test['ours'][pick['ours']]:.2f}% vs "
+            f"{test['sklearn'][pick['sklearn']]:.2f}%", t_sk / t_ours, ">= 20x and within 0.3 points",
+            t_sk / t_ours >= 20 and gap <= 0.3)
+
+
+# ---------------------------------------------------------------------------------------------------- SeA
+
+
+def reference_module():
+    """tests/reference.py: the per-batch loop (nn.Linear + torch.optim.SGD + autograd) the tests check us against."""
+    spec = importlib.util.spec_from_file_location("reference", ROOT / "tests" / "reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_sea(args) -> None:
+    params, _ = method_config("sea")
+    params = {**params, "epochs": args.sea_epochs, "seed": 0}
+    etas, lrs = [0.05, 0.1, 0.2, 0.4, 0.8], [0.4, 0.8, 1.6, 3.2]
+    points = [{**params, "eta": e, "lr": lr} for e in etas for lr in lrs]
+    n = args.sea_rows + args.sea_test_rows
+    X, y = synthetic_features(n, dim=args.dim, num_classes=args.sea_classes, noise=4.0, seed=2)
+    Xtr, ytr, Xte, yte = X[:args.sea_rows], y[:args.sea_rows], X[args.sea_rows:], y[args.sea_rows:]
+    one = points.index({**params, "eta": params["eta"], "lr": params["lr"]})  # the YAML's default point
+    print(f"sea: train {tuple(Xtr.shape)} float32, held-out {tuple(Xte.shape)}, {args.sea_classes} classes, "
+          f"grid eta {etas} x lr {lrs} (20 points, seed 0), {params['epochs']} epochs, batch "
+          f"{params['batch_size']}; reference: tests/reference.py reference_train at the default point "
+          f"eta {params['eta']}, lr {params['lr']}", flush=True)
+    reference = reference_module()
+    ref_kwargs = {k: params[k] for k in ("seed", "lr", "momentum", "weight_decay", "batch_size", "epochs", "lamda",
+                                         "delta", "center", "eta", "alpha")}
+    out = {}
+
+    def grid():
+        out["grid"] = sea.fit(Xtr, ytr, num_classes=args.sea_classes, points=points, device="cpu")
+
+    def ref():
+        out["ref"] = reference.reference_train(Xtr, ytr, num_classes=args.sea_classes, **ref_kwargs)
+
+    t_grid, t_ref = map(statistics.median, alternate(grid, ref, repeats=args.repeats))
+    acc_grid = accuracy(out["grid"], Xte, yte)
+    W, shift = out["ref"]
+    acc_ref = 100 * ((Xte - shift) @ W.T).argmax(1).eq(yte).double().mean().item()
+    gap = abs(acc_grid[one] - acc_ref)
+    per_point = t_grid / len(points)
+    print(f"sea: held-out accuracy over the grid {min(acc_grid):.2f}..{max(acc_grid):.2f}%; at the default point "
+          f"ours {acc_grid[one]:.2f}%, reference {acc_ref:.2f}%")
+    verdict("sea", "cost per grid point of a 20-point bench.methods.sea.fit grid vs one reference_train run",
+            f"{per_point:.2f} s ({t_grid:.1f} s / 20) vs {t_ref:.2f} s (median of {args.repeats}), held-out "
+            f"accuracy {acc_grid[one]:.2f}% vs {acc_ref:.2f}%", t_ref / per_point,
+            ">= 3x at equal accuracy (within 0.5 points)", t_ref / per_point >= 3 and gap <= 0.5)
+
+
+# --------------------------------------------------------------------------------------------- extraction
+
+
+def write_jpegs(folder: Path, count: int, size: int) -> ImageList:
+    """`count` JPEGs of size x size with smooth random content (so they compress like photos)."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(3)
+    items = []
+    for i in range(count):
+        coarse = torch.rand(1, 3, 8, 8, generator=gen)
+        image = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+        image = (image[0].clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(image).save(path, quality=90)
+        items.append(str(path))
+    return ImageList(items, [i % 10 for i in range(count)], read_rgb)
+
+
+def bench_extraction(args) -> None:
+    config = OmegaConf.load(ROOT / "conf" / "config.yaml")["extract"]
+    batch_size = args.batch_size or config["batch_size"]
+    workers = config["num_workers"] if args.workers is None else args.workers
+    preprocess = {"resize": args.input_size, "crop": args.input_size, "interpolation": "bicubic",
+                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "images").mkdir()
+        images = write_jpegs(tmp / "images", args.images, args.jpeg_size)
+        bb = backbones.create(name=args.arch, arch=args.arch, source="random", preprocess=preprocess, cache_dir=tmp)
+        print(f"extraction: {args.images} JPEGs of {args.jpeg_size}x{args.jpeg_size} on disk, timm {args.arch} "
+              f"random init, input {args.input_size}x{args.input_size}, batch {batch_size}, {workers} loader "
+              f"workers (conf/config.yaml extract), torch threads {torch.get_num_threads()}", flush=True)
+        decoded = [torch.stack([bb.transform(read_rgb(p)) for p in images.items[i:i + batch_size]])
+                   for i in range(0, len(images), batch_size)]
+        model = bb.model.eval()
+
+        def end_to_end():
+            features.extract(model, images.with_transform(bb.transform), batch_size=batch_size,
+                             num_workers=workers, device=torch.device("cpu"))
+
+        def bare():
+            with torch.inference_mode():
+                for x in decoded:
+                    model(x)
+
+        bare()  # warm-up: first-call allocations
+        t_e2e, t_bare = map(statistics.median, alternate(end_to_end, bare, repeats=args.repeats))
+        rate_e2e, rate_bare = len(images) / t_e2e, len(images) / t_bare
+        verdict("extraction", "end-to-end bench.features.extract from JPEG files vs the bare forward pass on the "
+                "same decoded batches", f"{rate_e2e:.1f} vs {rate_bare:.1f} images/s (median of {args.repeats})",
+                rate_e2e / rate_bare, ">= 0.8x", rate_e2e / rate_bare >= 0.8)
+
+        def get():
+            return features.cached(bb, "synthetic", "train", images, cache_dir=tmp / "cache", batch_size=batch_size,
+                                   num_workers=workers, device=torch.device("cpu"))
+
+        start = time.perf_counter()
+        _, _, info = get()
+        t_miss = time.perf_counter() - start
+        assert not info["hit"]
+        hits = alternate(get, repeats=max(args.repeats, 5))[0]
+        t_hit = statistics.median(hits)
+        verdict("cache", "bench.features.cached: second call (hit) vs first call (extraction + write)",
+                f"{1000 * t_hit:.1f} ms vs {t_miss:.2f} s (hit: median of {len(hits)})", t_miss / t_hit,
+                ">= 50x", t_miss / t_hit >= 50)
+
+
+# ------------------------------------------------------------------------------------------------- memory
+
+CHILD = r"""
+import gc, json, resource, sys
+import torch
+from benchmarks.speed import method_config, synthetic_features
+from bench.methods import linear, sea
+
+method, rows, dim, classes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+X, y = synthetic_features(rows, dim=dim, num_classes=classes, noise=4.0, seed=4)
+gc.collect()
+
+def rss():  # current resident set size, bytes
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+before_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # imports touch more than they keep
+try:  # Linux: reset the peak (VmHWM, which ru_maxrss reports) to the current RSS
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    reset = True
+except OSError:
+    reset = False
+baseline = rss()
+params, grid = method_config(method)
+if method == "linear":  # three grid points: the memory of a sweep does not grow with its length
+    points = [{**params, "penalty": p, "max_iter": 20} for p in (1e3, 1.0, 1e-3)]
+    linear.fit(X, y, num_classes=classes, points=points, device="cpu")
+else:  # the YAML's grid (eta x lr x center), one seed, one epoch
+    points = [{**params, "eta": e, "lr": lr, "center": c, "seed": 0, "epochs": 1}
+              for e in grid["eta"] for lr in grid["lr"] for c in grid["center"]]
+    sea.fit(X, y, num_classes=classes, points=points, device="cpu")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"baseline": baseline, "before_peak": before_peak, "reset": reset, "peak": peak, "points": len(points),
+                  "features": X.element_size() * X.numel() + y.element_size() * y.numel()}))
+"""
+
+
+def bench_memory(args) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    for method in ("linear", "sea"):
+        run = subprocess.run([sys.executable, "-c", CHILD, method, str(args.memory_rows), str(args.dim),
+                              str(args.memory_classes)], check=False, capture_output=True, text=True, env=env,
+                             cwd=ROOT)
+        if run.returncode:
+            raise SystemExit(f"memory child ({method}) failed:\n{run.stderr}")
+        m = json.loads(run.stdout.strip().splitlines()[-1])
+        extra, size = m["peak"] - m["baseline"], m["features"]
+        mib = 2 ** 20
+        verdict("memory", f"{method} fit ({m['points']} points) on X {args.memory_rows}x{args.dim} float32 + "
+                "labels, peak RSS above the baseline after imports and features vs the feature matrices",
+                f"{extra / mib:.0f} MiB vs {size / mib:.0f} MiB (baseline {m['baseline'] / mib:.0f} MiB, peak "
+                f"{m['peak'] / mib:.0f} MiB)", extra / size, "<= 2x", extra <= 2 * size)
+        if not m["reset"] and m["before_peak"] > m["baseline"] + 0.05 * size:
+            print(f"memory: note: the peak before the fit ({m['before_peak'] / mib:.0f} MiB) exceeds the baseline "
+                  "and could not be reset (/proc/self/clear_refs): the fit's own peak may be understated")
+
+
+TARGETS = {"linear": bench_linear, "sea": bench_sea, "extraction": bench_extraction, "memory": bench_memory}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=list(TARGETS), default=list(TARGETS), help="targets to run")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each side per comparison (median reported)")
+    p.add_argument("--dim", type=int, default=2048, help="feature dimension (ResNet-50: 2048)")
+    p.add_argument("--linear-rows", type=int, default=25000, help="probe train rows (Food-101: 68175 + 7575 val)")
+    p.add_argument("--linear-test-rows", type=int, default=5000, help="probe val rows, and as many test rows")
+    p.add_argument("--linear-classes", type=int, default=101, help="probe classes (Food-101: 101)")
+    p.add_argument("--linear-repeats", type=int, default=3, help="runs of each probe sweep")
+    p.add_argument("--sea-rows", type=int, default=5000, help="SeA train rows")
+    p.add_argument("--sea-test-rows", type=int, default=2000, help="SeA held-out rows")
+    p.add_argument("--sea-classes", type=int, default=50, help="SeA classes")
+    p.add_argument("--sea-epochs", type=int, default=10, help="SeA epochs (the YAML has 100)")
+    p.add_argument("--images", type=int, default=256, help="JPEG files to extract")
+    p.add_argument("--jpeg-size", type=int, default=256, help="side of each JPEG, pixels")
+    p.add_argument("--input-size", type=int, default=224, help="resize + crop size fed to the model")
+    p.add_argument("--arch", default="resnet18", help="timm architecture (random init)")
+    p.add_argument("--batch-size", type=int, default=None, help="extraction batch (default: conf/config.yaml)")
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: conf/config.yaml)")
+    p.add_argument("--memory-rows", type=int, default=50000, help="rows of the memory run's feature matrix")
+    p.add_argument("--memory-classes", type=int, default=101, help="classes of the memory run")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
+          f"{platform.processor() or platform.machine()}, python {platform.python_version()}", flush=True)
+    for name in args.only:
+        start = time.perf_counter()
+        TARGETS[name](args)
+        print(f"({name}: {time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
