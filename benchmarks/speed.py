@@ -1,6 +1,6 @@
 """DESIGN section 9 targets, each measured side by side in one run and printed as one line:
 
-    python benchmarks/speed.py                 # all four targets, about 10 minutes on 2 CPU cores
+    python benchmarks/speed.py                 # all four targets, about 4.5 minutes on 2 CPU cores
     python benchmarks/speed.py --only linear   # one target; --help for the sizes
 
 Timings on a shared machine are noisy: the two sides of each comparison are run alternately
@@ -327,7 +327,7 @@ def bench_memory(args) -> None:
                 extra <= 2 * size)
         if not m["reset"] and m["before_peak"] > m["baseline"] + 0.05 * size:
             print(f"memory: note: the peak before the fit ({m['before_peak'] / mib:.0f} MiB) exceeds the baseline "
-                  "and could not be reset (/proc/self/clear_refs): the fit's own peak may be understated")
+                  "and could not be reset (/proc/self/clear_refs): the figure may be the earlier peak, not the fit's")
 
 
 TARGETS = {"linear": bench_linear, "sea": bench_sea, "extraction": bench_extraction, "memory": bench_memory}
