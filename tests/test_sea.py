@@ -53,3 +53,22 @@ def test_a_batch_of_one_is_left_as_it_is():
     x = F.normalize(torch.randn(2, 1, 4, dtype=torch.float64), dim=-1)
     hp = {k: torch.ones(2, 1, 1, dtype=torch.float64) for k in ("eta", "alpha", "delta", "lamda")}
     assert torch.equal(sea.augment(torch.randn(2, 3, 4, dtype=torch.float64), x, torch.eye(3, dtype=torch.float64)[torch.tensor([[0], [1]])], hp), x)
+
+
+def test_the_training_step_in_the_batch_span_equals_the_literal_recipe():
+    """`weight_grad` (the step computed from x W^T and the Gram matrices) = the gradient of the loss of
+    `augment`'s batch, for several heads on two seeds' batches, with D > B so that the span form is used."""
+    from bench.methods.sgd import batch_grad
+
+    torch.manual_seed(2)
+    S, G, B, D, C = 2, 5, 12, 40, 6
+    xs = F.normalize(torch.randn(S, B, D, dtype=torch.float64), dim=-1)
+    xs[1, 3] = xs[1, 4]  # a repeated example
+    slot = torch.tensor([0, 1, 0, 1, 1])
+    W = torch.randn(G, C, D, dtype=torch.float64)
+    y1 = F.one_hot(torch.randint(0, C, (G, B)), C).double()
+    hp = {k: torch.tensor(v, dtype=torch.float64).view(-1, 1, 1) for k, v in
+          {"eta": [0.05, 0.8, 0.3, 2.0, 0.1], "alpha": [0.01, 1.0, 0.1, 0.05, 0.3],
+           "delta": [0.0, 0.2, 0.0, 0.5, 0.1], "lamda": [0.1, 1.0, 0.1, 0.5, 0.2]}.items()}
+    torch.testing.assert_close(sea.weight_grad(W, xs, slot, y1, hp), batch_grad(W, xs, slot, y1, hp, sea.augment),
+                               rtol=1e-9, atol=1e-12)
