@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -28,9 +29,10 @@ log = logging.getLogger(__name__)
 VERSION = 1  # bump when extraction itself changes (pooling, dtype ...): it is part of every key
 
 
-def key(backbone: Backbone, dataset: str, split: ImageList) -> str:
+def key(backbone: Backbone, dataset: str, split: ImageList, *, amp: bool) -> str:
     facts = {"version": VERSION, "weights": backbone.weights_sha256, "model": type(backbone.model).__name__,
-             "preprocess": backbone.preprocess, "dataset": dataset, "split": split.fingerprint()}
+             "preprocess": backbone.preprocess, "dataset": dataset, "split": split.fingerprint(),
+             "source": split.source, "amp": amp}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
@@ -59,16 +61,36 @@ def extract(model: torch.nn.Module, images: ImageList, *, batch_size: int, num_w
     return torch.cat(chunks)
 
 
+def load_entry(path: Path, digest: str) -> dict | None:
+    """The entry at `path`, or None when there is none or it is damaged (then it is removed)."""
+    if not path.exists():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(entry, dict) and entry.get("key") == digest:
+            return entry
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
+        pass
+    log.warning("the feature cache entry %s is damaged; extracting again", path)
+    path.unlink(missing_ok=True)
+    return None
+
+
 def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList, *, cache_dir: Path,
            batch_size: int, num_workers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(features, labels, info) of one split, from the cache or extracted once and stored."""
-    digest = key(backbone, dataset, images)
+    """(features, labels, info) of one split, from the cache or extracted once and stored.
+
+    On a GPU extraction runs under float16 autocast: those features are cached apart from float32 ones."""
+    amp = device.type == "cuda"
+    digest = key(backbone, dataset, images, amp=amp)
     path = Path(cache_dir).expanduser() / "features" / dataset / backbone.name / f"{split_name}-{digest[:24]}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"key": digest, "path": str(path)}
-    if not path.exists():
+    info = {"key": digest, "path": str(path), "amp_float16": amp}
+    entry = load_entry(path, digest)
+    if entry is None:
         with FileLock(str(path) + ".lock"):
-            if not path.exists():  # another job may have written it while we waited
+            entry = load_entry(path, digest)  # another job may have written it while we waited
+            if entry is None:
                 features = extract(backbone.model, images.with_transform(backbone.transform),
                                    batch_size=batch_size, num_workers=num_workers, device=device,
                                    desc=f"{dataset}/{split_name}")
@@ -81,8 +103,5 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
                     tmp.unlink(missing_ok=True)
                 log.info("extracted %s %s: %s -> %s", dataset, split_name, tuple(features.shape), path)
                 return features, entry["labels"], {**info, "hit": False}
-    entry = torch.load(path, map_location="cpu", weights_only=True)
-    if entry["key"] != digest:
-        raise UserError(f"feature cache entry {path} does not hold the features it is named for; delete it")
     log.info("cache hit %s %s: %s", dataset, split_name, path)
     return entry["features"], entry["labels"], {**info, "hit": True}

@@ -68,3 +68,21 @@ def test_features_match_a_direct_forward_pass(tmp_path, task):
     images = torch.stack([bb.transform(task.splits["val"].read(i)) for i in task.splits["val"].items[:4]])
     with torch.inference_mode():
         torch.testing.assert_close(X[:4], bb.model(images), rtol=1e-5, atol=1e-5)
+
+
+def test_a_damaged_entry_is_extracted_again(tmp_path, task):
+    X, _, info = get(backbone(tmp_path), task, tmp_path)
+    with open(info["path"], "r+b") as f:
+        f.truncate(100)
+    X2, _, info2 = get(backbone(tmp_path), task, tmp_path)
+    assert not info2["hit"] and torch.equal(X, X2)
+
+
+def test_the_same_file_names_in_another_folder_miss(tmp_path, task):
+    bb = backbone(tmp_path)
+    _, _, here = get(bb, task, tmp_path)
+    moved = task.splits["val"]
+    elsewhere = type(moved)(moved.items, moved.labels, moved.read, source="/another/folder")
+    _, _, there = features.cached(bb, "digits", "val", elsewhere, cache_dir=tmp_path, batch_size=16,
+                                  num_workers=0, device=torch.device("cpu"))
+    assert not there["hit"] and there["key"] != here["key"]

@@ -26,13 +26,17 @@ class ImageList(torch.utils.data.Dataset):
     """(image, label) pairs; `read(item)` turns an item (a relative path, an index ...) into a PIL image.
 
     `items` identify the examples independently of the machine (relative paths, not absolute ones),
-    so that `fingerprint()` is the same everywhere and can go into cache keys and records.
+    so that `fingerprint()` is the same everywhere and can go into records. `source` says where the
+    images are read from on this machine (the dataset's folder): the feature cache keys on it too, so
+    two folders with the same file names never share features.
     """
 
-    def __init__(self, items: Sequence, labels: Sequence[int], read: Callable, transform: Callable | None = None):
+    def __init__(self, items: Sequence, labels: Sequence[int], read: Callable, transform: Callable | None = None,
+                 source: str = ""):
         if len(items) != len(labels):
             raise ValueError(f"{len(items)} items but {len(labels)} labels")
         self.items, self.labels, self.read, self.transform = list(items), [int(t) for t in labels], read, transform
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.items)
@@ -42,7 +46,7 @@ class ImageList(torch.utils.data.Dataset):
         return (self.transform(image) if self.transform else image), self.labels[i]
 
     def with_transform(self, transform: Callable) -> ImageList:
-        return ImageList(self.items, self.labels, self.read, transform)
+        return ImageList(self.items, self.labels, self.read, transform, self.source)
 
     def fingerprint(self) -> str:
         """sha256 of the (item, label) list: what the examples are, in order, and how they are labelled."""

@@ -76,7 +76,8 @@ def task(name: str, classes: Sequence[str], base: Path, parts: Mapping[str, tupl
     if labels and not 0 <= min(labels) <= max(labels) < len(classes):
         raise UserError(f"dataset {name} at {base}: labels span {min(labels)}..{max(labels)} "
                         f"but there are {len(classes)} classes")
-    splits = {split: ImageList(list(items), list(ts), read) for split, (items, ts) in parts.items()}
+    splits = {split: ImageList(list(items), list(ts), read, source=str(Path(base).resolve()))
+              for split, (items, ts) in parts.items()}
     return Task(name=name, classes=list(classes), splits=splits)
 
 

@@ -32,5 +32,6 @@ def load(*, root=None, val_per_class: int, test_per_class: int, seed: int) -> Ta
                                        per_class=val_per_class, seed=seed)
     read = functools.partial(image, data.images)
     parts = {"train": [rest[i] for i in train_in_rest], "val": [rest[i] for i in val_in_rest], "test": test}
-    splits = {name: ImageList(idx, [labels[i] for i in idx], read) for name, idx in parts.items()}
+    splits = {name: ImageList(idx, [labels[i] for i in idx], read, source="sklearn.datasets.load_digits")
+              for name, idx in parts.items()}
     return Task(name="digits", classes=[str(c) for c in data.target_names], splits=splits)
