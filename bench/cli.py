@@ -48,6 +48,7 @@ def logspace(start, stop, num) -> list[float]:
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+FAILED: list[str] = []  # the one-sentence errors of a sweep's runs: the sweep goes on, then reports them
 GROUPS = ("backbone", "dataset", "method", "protocol", "experiment")
 
 
@@ -72,12 +73,17 @@ def run_main(argv: list[str]) -> int:
         OmegaConf.register_new_resolver("logspace", logspace)
     task = hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(run_job)
     sys.argv = ["seabench run", *argv]
+    FAILED.clear()
     task()
+    if FAILED:
+        raise UserError(f"{len(FAILED)} run(s) of the sweep failed (the others finished): {'; '.join(FAILED)}")
     return 0
 
 
 def run_job(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import InstantiationException
+    from hydra.types import RunMode
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -86,10 +92,12 @@ def run_job(cfg) -> None:
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
         try:
-            dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser())
+            dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve())
         except InstantiationException as err:  # Hydra wraps the loader's own errors
             raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
         job.run(config, dataset)
     except UserError as err:
         print(f"seabench: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            sys.exit(2)
+        FAILED.append(str(err))

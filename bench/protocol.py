@@ -35,7 +35,8 @@ def edges(grid: dict[str, list], chosen: dict) -> dict[str, str]:
     """For each swept numeric key whose pick is its smallest or largest value: 'low' or 'high'."""
     flags = {}
     for key, values in grid.items():
-        if len(set(values)) > 1 and all(isinstance(v, (int, float)) for v in values):
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if len(set(values)) > 1 and numeric:
             if chosen[key] == min(values):
                 flags[key] = "low"
             elif chosen[key] == max(values):
@@ -54,7 +55,10 @@ def with_val(data: Data, *, val_fraction: float, split_seed: int) -> Data:
     if "val" in data:
         return data
     X, y = data["train"]
-    rest, val = carve([str(i) for i in range(len(y))], y.tolist(), fraction=val_fraction, seed=split_seed)
+    try:
+        rest, val = carve([str(i) for i in range(len(y))], y.tolist(), fraction=val_fraction, seed=split_seed)
+    except ValueError as err:
+        raise UserError(f"cannot carve a val split from train ({err}); give val files") from None
     log.info("no val split: carved %d of %d train examples as val (%.0f%% per class)",
              len(val), len(y), 100 * val_fraction)
     return {**data, "train": (X[rest], y[rest]), "val": (X[val], y[val])}

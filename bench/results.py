@@ -12,11 +12,13 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 
 # what decides a run's numbers; paths, devices and worker counts do not
 SIGNED = ("backbone", "dataset", "method", "protocol", "seeds")
-PACKAGES = ("seabench", "torch", "torchvision", "timm", "numpy", "scikit-learn", "hydra-core")
+PACKAGES = ("seabench", "torch", "torchvision", "timm", "numpy", "scikit-learn", "hydra-core", "pillow")
 
 
 def signature(config: dict, splits: dict[str, str]) -> str:
@@ -29,22 +31,31 @@ def path_for(results_dir: Path, *, dataset: str, backbone: str, method: str, pro
     return Path(results_dir) / "runs" / dataset / backbone / f"{method}-{protocol}-{sig[:12]}.json"
 
 
-def write(path: Path, record: dict) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: a temporary name in the same folder, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        log.warning("overwriting the record %s", path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def write(path: Path, record: dict) -> None:
+    if path.exists():
+        log.warning("overwriting the record %s", path)
+    write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str))
+
+
 def load_all(results_dir: Path) -> list[dict]:
     records = []
     for path in sorted((Path(results_dir) / "runs").rglob("*.json")):
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("skipping the unreadable record %s: %s", path, err)
+            continue
         record["path"] = str(path)
         records.append(record)
     return records
@@ -62,12 +73,16 @@ def git_sha() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
-def provenance() -> dict:
+def provenance(device) -> dict:
     versions = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"git": git_sha(), "python": sys.version.split()[0], "platform": platform.platform(),
-            "host": platform.node(), "packages": versions, "argv": sys.argv}
+    facts = {"git": git_sha(), "python": sys.version.split()[0], "platform": platform.platform(),
+             "host": platform.node(), "packages": versions, "argv": sys.argv}
+    if device.type == "cuda":
+        facts |= {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
+                  "cudnn": torch.backends.cudnn.version()}
+    return facts

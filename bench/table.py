@@ -25,13 +25,20 @@ ROW = ["backbone", "method", "protocol"]
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
-    """One row per (backbone, method, protocol, dataset): the newest record's numbers."""
-    rows = [{"backbone": r["backbone_label"], "method": r["method"], "protocol": r["protocol"],
-             "dataset": r["dataset"], "metric": r["metric"], "mean": pd.Series(r["test"]["score"]).mean(),
-             "std": pd.Series(r["test"]["score"]).std() if len(r["test"]["score"]) > 1 else 0.0, "seeds": len(r["test"]["score"]),
-             "chosen": r["chosen"], "edge": r["edge"], "fit_s": r["timings"].get("fit"),
-             "created": r["created"], "record": r["path"]} for r in records]
-    df = pd.DataFrame(rows).sort_values("created").drop_duplicates(ROW + ["dataset"], keep="last")
+    """One row per (backbone, method, protocol, dataset): the newest record's numbers. Rows are keyed by
+    the backbone's name; its label is what the table shows."""
+    rows = [{"backbone": r["backbone"], "label": r.get("backbone_label") or r["backbone"], "method": r["method"],
+             "protocol": r["protocol"], "dataset": r["dataset"], "metric": r["metric"],
+             "mean": pd.Series(r["test"]["score"]).mean(),
+             "std": pd.Series(r["test"]["score"]).std() if len(r["test"]["score"]) > 1 else 0.0,
+             "seeds": len(r["test"]["score"]), "chosen": r["chosen"], "edge": r["edge"],
+             "fit_s": r["timings"].get("fit"), "created": r["created"], "record": r["path"]} for r in records]
+    df = pd.DataFrame(rows).sort_values("created")
+    df["records"] = df.groupby(ROW + ["dataset"])["record"].transform("count")
+    for _, row in df[df.records > 1].drop_duplicates(ROW + ["dataset"], keep="last").iterrows():
+        log.warning("%s / %s / %s / %s has %d records (other grids or settings); the table shows the newest, %s",
+                    row.label, row.method, row.protocol, row.dataset, row.records, row.record)
+    df = df.drop_duplicates(ROW + ["dataset"], keep="last")
     linear = df[df.method == "linear"].set_index(["backbone", "protocol", "dataset"])["mean"]
     key = pd.MultiIndex.from_frame(df[["backbone", "protocol", "dataset"]])
     df["delta_vs_linear"] = (df["mean"].to_numpy() - linear.reindex(key).to_numpy()).round(4)
@@ -49,7 +56,7 @@ def cell(row, best: bool) -> str:
 def markdown(df: pd.DataFrame) -> str:
     datasets = [d for d in ORDER if d in set(df.dataset)] + sorted(set(df.dataset) - set(ORDER))
     best = df.groupby("dataset")["mean"].transform("max") == df["mean"]
-    wide = {}
+    wide, labels = {}, dict(zip(df.backbone, df.label))
     for i, row in df.iterrows():
         wide.setdefault(tuple(row[ROW]), {})[row["dataset"]] = cell(row, best[i])
     means = df.groupby(ROW)["mean"].agg(["mean", "count"])
@@ -57,7 +64,8 @@ def markdown(df: pd.DataFrame) -> str:
     for key, cells in sorted(wide.items()):
         avg, count = means.loc[key]
         average = f"{avg:.2f}" + ("" if count == len(datasets) else f" ({int(count)}/{len(datasets)})")
-        lines.append(dict(zip(ROW, key)) | {d: cells.get(d, "–") for d in datasets} | {"average": average})
+        shown = dict(zip(ROW, key)) | {"backbone": labels[key[0]]}
+        lines.append(shown | {d: cells.get(d, "–") for d in datasets} | {"average": average})
     metrics = df.groupby("dataset")["metric"].first()
     note = ", ".join(f"{d}: {metrics[d]}" for d in datasets)
     return (pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
@@ -73,9 +81,7 @@ def build(results_dir: Path, out_dir: Path) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     text = markdown(df)
     for name, content in [("table.md", text + "\n"), ("table.csv", df.to_csv(index=False))]:
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(content)
-        tmp.replace(out_dir / name)
+        results.write_text(out_dir / name, content)
     return text
 
 

@@ -109,3 +109,42 @@ def test_features_and_labels_of_different_lengths(tmp_path, given):
     text = error_of(seabench("run", "dataset=features", "method=linear", *given, tmp=tmp_path, check=False))
     assert "train features have 90 rows but train labels have 87 entries" in text and "Traceback" not in text
     assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_a_changed_checkpoint_behind_the_same_path_is_a_new_run(tmp_path):
+    import timm
+
+    ckpt = tmp_path / "mine.pth"
+    args = ["dataset=digits", "backbone=local", "backbone.arch=test_resnet", f"backbone.checkpoint={ckpt}", "backbone.layout=torchvision",
+            "backbone.preprocess.resize=16", "backbone.preprocess.crop=16", "method=linear",
+            "method.grid.penalty=[1.0]"]
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        torch.save(timm.create_model("test_resnet", num_classes=0).state_dict(), ckpt)
+        out = seabench("run", *args, tmp=tmp_path)
+        assert "skipping" not in out.stdout + out.stderr
+    records = list((tmp_path / "results" / "runs" / "digits" / "local").glob("*.json"))
+    assert len(records) == 2
+    assert len({json.loads(p.read_text())["weights_sha256"] for p in records}) == 2
+    assert "skipping" in seabench("run", *args, tmp=tmp_path).stdout  # the same weights again: skipped
+
+
+def test_a_sweep_runs_every_cell_and_then_reports_the_failures(tmp_path):
+    out = seabench("run", "-m", "dataset=dtd,digits", "backbone=pixels", "method=linear", "method.grid.penalty=[1.0]",
+                   tmp=tmp_path, check=False)
+    assert out.returncode == 2
+    assert len(list((tmp_path / "results" / "runs" / "digits").rglob("*.json"))) == 1
+    assert "1 run(s) of the sweep failed" in out.stderr and "dataset dtd is not on disk" in out.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method.grid.penalty=0.5", "method.grid.penalty must be a non-empty list"),
+    ("dataset.metric=top5", "unknown metric 'top5'"),
+    ("device=nonsense", "unknown device 'nonsense'"),
+    ("seeds=0", "seeds must be a positive integer"),
+])
+def test_bad_settings_fail_before_any_work(tmp_path, override, message):
+    text = error_of(seabench("run", "dataset=digits", "backbone=pixels", "method=linear", override, tmp=tmp_path,
+                             check=False))
+    assert message in text and "Traceback" not in text
+    assert not (tmp_path / "cache" / "features").exists()

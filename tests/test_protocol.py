@@ -85,3 +85,20 @@ def test_reference_protocol_trains_on_train_and_tests_once():
 def test_grid_points_follow_the_yaml_order():
     assert protocol.grid_points({"a": [1, 2], "b": ["x", "y"]}) == [
         {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+
+
+def test_boolean_grids_are_not_edges():
+    out = run(Oracle(lambda p: int(p["k"])), data(1, 1), {"k": [False, True]})
+    assert out["chosen"] == {"k": True} and out["edge"] == {}
+
+
+def test_a_class_too_small_to_carve_val_is_one_sentence():
+    import pytest
+
+    from bench import UserError
+
+    d = data(1, 2)
+    del d["val"]
+    d["train"] = (d["train"][0], torch.tensor([0] * 9 + [1]))
+    with pytest.raises(UserError, match="cannot carve a val split"):
+        run(Oracle(lambda p: 0), d, {"k": [0, 1]})
