@@ -18,13 +18,13 @@ def digits():
 
 
 def points(extra):
-    return [dict(BASE, seed=s, lr=lr, center=c, **extra) for s in (0, 3) for lr in (0.5, 1.6) for c in (False, True)]
+    return [dict(BASE, seed=s, lr=lr, center=c) | extra for s in (0, 3) for lr in (0.5, 1.6) for c in (False, True)]
 
 
 @pytest.mark.parametrize("method,extra", [(sgd, {}), (sea, {"eta": 0.4, "alpha": 0.05, "delta": 0.2})])
 def test_stacked_heads_equal_heads_trained_alone(digits, method, extra):
     X, y = digits
-    pts = [{**p, **extra} for p in points({})]
+    pts = points(extra)
     stacked = method.fit(X, y, num_classes=10, points=pts, device="cpu")
     for i, p in enumerate(pts):
         alone = method.fit(X, y, num_classes=10, points=[p], device="cpu")
@@ -35,7 +35,7 @@ def test_stacked_heads_equal_heads_trained_alone(digits, method, extra):
 @pytest.mark.parametrize("method,extra", [(sgd, {}), (sea, {"eta": 0.4, "alpha": 0.05, "delta": 0.2})])
 def test_stacked_heads_equal_the_reference_loop(digits, method, extra):
     X, y = digits
-    pts = [{**p, **extra} for p in points({})]
+    pts = points(extra)
     heads = method.fit(X, y, num_classes=10, points=pts, device="cpu")
     assert len({round(float(w.norm()), 6) for w in heads.weight}) == len(pts)  # the heads differ
     # float64 throughout; SeA's sharp softmax (alpha 0.05) amplifies rounding differences a little
