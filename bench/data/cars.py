@@ -35,19 +35,8 @@ put them here:
 then run `seabench doctor` to check it (8,144 train and 8,041 test images, 196 classes)."""}
 
 
-def mat(path: Path, key: str):
-    from scipy.io import loadmat
-
-    try:
-        return loadmat(path, squeeze_me=True)[key]
-    except KeyError:
-        raise UserError(f"{path} lacks the variable {key!r}") from None
-    except (OSError, ValueError, TypeError) as err:
-        raise UserError(f"cannot read {path} (truncated download?): {err}") from None
-
-
 def annotations(path: Path, images: str) -> tuple[list[str], list[int]]:
-    records = np.atleast_1d(mat(path, "annotations"))
+    records = np.atleast_1d(checks.mat(path, ["annotations"])["annotations"])
     names = records.dtype.names or ()
     if "fname" not in names or "class" not in names:
         raise UserError(f"{path} has no class labels (fields {', '.join(names)}): use cars_test_annos_withlabels.mat")
@@ -58,7 +47,7 @@ def load(*, root, val_fraction: float, seed: int, strict: bool = True):
     base = checks.folder(root, FOLDERS["cars"], "cars")
     meta_file, train_file, test_file = checks.need(
         base, ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat"], "cars")
-    classes = [str(c) for c in np.atleast_1d(mat(meta_file, "class_names"))]
+    classes = [str(c) for c in np.atleast_1d(checks.mat(meta_file, ["class_names"])["class_names"])]
     train, test = annotations(train_file, "cars_train"), annotations(test_file, "cars_test")
     found = {"classes": len(classes), "train": len(train[0]), "test": len(test[0])}
     checks.counts("cars", base, found, EXPECTED["cars"] if strict else None)

@@ -93,6 +93,20 @@ def carve_val(name: str, base: Path, classes: Sequence[str], train: tuple[list, 
     return task(name, classes, base, parts, read)
 
 
+def mat(path: Path, keys: Sequence[str]) -> dict:
+    """The variables `keys` of a MATLAB annotation file (singleton dimensions squeezed)."""
+    from scipy.io import loadmat
+
+    try:
+        content = loadmat(path, squeeze_me=True)
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(f"cannot read {path} (truncated download?): {err}") from None
+    missing = [k for k in keys if k not in content]
+    if missing:
+        raise UserError(f"{path} lacks the variables {', '.join(missing)}")
+    return {k: content[k] for k in keys}
+
+
 def lines(path: Path) -> list[str]:
     """Non-empty, stripped lines of a text file."""
     with open(path, encoding="utf-8") as f:

@@ -29,17 +29,8 @@ RESOURCES = {"flowers102": (  # md5s as published by torchvision.datasets.Flower
 SET_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
 
 
-def mat(path, keys: list[str]) -> dict[str, np.ndarray]:
-    from scipy.io import loadmat
-
-    try:
-        content = loadmat(path)
-    except (OSError, ValueError, TypeError) as err:
-        raise UserError(f"cannot read {path} (truncated download?): {err}") from None
-    missing = [k for k in keys if k not in content]
-    if missing:
-        raise UserError(f"{path} lacks the variables {', '.join(missing)}")
-    return {k: np.asarray(content[k]).reshape(-1).astype(np.int64) for k in keys}
+def as_ints(values) -> np.ndarray:
+    return np.asarray(values).reshape(-1).astype(np.int64)
 
 
 def class_names(count: int) -> list[str]:
@@ -53,8 +44,8 @@ def class_names(count: int) -> list[str]:
 def load(*, root, strict: bool = True):
     base = checks.folder(root, FOLDERS["flowers102"], "flowers102")
     labels_file, setid_file = checks.need(base, ["imagelabels.mat", "setid.mat"], "flowers102")
-    labels = mat(labels_file, ["labels"])["labels"] - 1  # the file counts from 1
-    sets = mat(setid_file, list(SET_KEYS.values()))
+    labels = as_ints(checks.mat(labels_file, ["labels"])["labels"]) - 1  # the file counts from 1
+    sets = {k: as_ints(v) for k, v in checks.mat(setid_file, list(SET_KEYS.values())).items()}
     classes = class_names(int(labels.max()) + 1)
     found = {"classes": len(classes), **{s: len(sets[k]) for s, k in SET_KEYS.items()}}
     checks.counts("flowers102", base, found, EXPECTED["flowers102"] if strict else None)

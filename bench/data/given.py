@@ -15,14 +15,7 @@ import torch
 
 from bench import UserError
 from bench.data import FeatureSet
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from bench.fetch import digests
 
 
 def read(split: str, feat_path, label_path) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -48,7 +41,8 @@ def read(split: str, feat_path, label_path) -> tuple[torch.Tensor, torch.Tensor,
         raise UserError(f"{split} features in {feat_path} contain NaN or infinite values")
     if len(y) and y.min() < 0:
         raise UserError(f"{split} labels in {label_path} must be >= 0 (found {int(y.min())})")
-    digest = hashlib.sha256((sha256(Path(feat_path)) + sha256(Path(label_path))).encode()).hexdigest()
+    files = digests(Path(feat_path))["sha256"] + digests(Path(label_path))["sha256"]
+    digest = hashlib.sha256(files.encode()).hexdigest()
     return x.float(), y.long(), digest
 
 
