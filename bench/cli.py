@@ -21,7 +21,7 @@ COMMANDS = {
     "table": "bench.table:main",
     "data": "bench.data.doctor:data_main",
     "doctor": "bench.data.doctor:doctor_main",
-    "backbones": "bench.zoo:main",
+    "backbones": "bench.backbones.zoo:main",
 }
 
 

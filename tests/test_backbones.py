@@ -20,7 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 import bench
-from bench import UserError, backbones, fetch, layouts
+from bench import UserError, backbones, fetch
+from bench.backbones import layouts
 
 CONF = Path(bench.__file__).parents[1] / "conf" / "backbone"
 SMALL = {"resize": 64, "crop": 64, "interpolation": "bicubic", "mean": None, "std": None}

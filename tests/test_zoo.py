@@ -17,7 +17,8 @@ import torch
 from omegaconf import OmegaConf
 
 import bench
-from bench import UserError, backbones, fetch, layouts, zoo
+from bench import UserError, backbones, fetch
+from bench.backbones import layouts, zoo
 from bench.cli import main as cli
 
 CONF = Path(bench.__file__).parents[1] / "conf" / "backbone"

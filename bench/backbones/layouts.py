@@ -62,7 +62,7 @@ KNOWN = sorted([*LAYOUTS, BYOL])
 
 def read(path: Path, layout: str | None):
     """The file's contents: a torch checkpoint (loaded without running code), or BYOL's pickle."""
-    from bench import haiku
+    from bench.backbones import haiku
 
     if layout == BYOL or (layout is None and haiku.looks_like(path)):
         return haiku.read(path)
@@ -82,7 +82,7 @@ def read(path: Path, layout: str | None):
 
 def detect(raw) -> str | None:
     """The layout whose signature key the file holds, or None."""
-    from bench import haiku
+    from bench.backbones import haiku
 
     if haiku.is_byol(raw):
         return BYOL
@@ -95,7 +95,7 @@ def detect(raw) -> str | None:
 
 def convert(raw, layout: str, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The file's backbone under timm's key names; `target` (the timm model's state dict) sets order/shapes."""
-    from bench import haiku
+    from bench.backbones import haiku
 
     if layout == BYOL:
         return by_order(haiku.units(raw), target, layout)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from bench import UserError, fetch, layouts
+from bench import UserError, fetch
+from bench.backbones import layouts
 
 log = logging.getLogger(__name__)
 

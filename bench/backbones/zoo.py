@@ -18,7 +18,8 @@ import torch
 from omegaconf import OmegaConf
 
 import bench
-from bench import UserError, backbones, fetch, haiku, layouts
+from bench import UserError, backbones, fetch
+from bench.backbones import haiku, layouts
 
 log = logging.getLogger(__name__)
 
