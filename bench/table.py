@@ -32,6 +32,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
              "mean": pd.Series(r["test"]["score"]).mean(),
              "std": pd.Series(r["test"]["score"]).std() if len(r["test"]["score"]) > 1 else 0.0,
              "seeds": len(r["test"]["score"]), "chosen": r["chosen"], "edge": r["edge"],
+             "max_iter_hit": bool(r.get("max_iter_hit")),
              "fit_s": r["timings"].get("fit"), "created": r["created"], "record": r["path"]} for r in records]
     df = pd.DataFrame(rows).sort_values("created")
     df["records"] = df.groupby(ROW + ["dataset"])["record"].transform("count")
@@ -47,7 +48,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
 
 def cell(row, best: bool) -> str:
     text = f"{row['mean']:.2f}" + (f" ± {row['std']:.2f}" if row["seeds"] > 1 else "")
-    text = (f"**{text}**" if best else text) + ("†" if row["edge"] else "")
+    text = (f"**{text}**" if best else text) + ("†" if row["edge"] else "") + ("‡" if row["max_iter_hit"] else "")
     if row["method"] != "linear" and pd.notna(row["delta_vs_linear"]):
         text += f" ({row['delta_vs_linear']:+.2f})"
     return text
@@ -70,7 +71,8 @@ def markdown(df: pd.DataFrame) -> str:
     note = ", ".join(f"{d}: {metrics[d]}" for d in datasets)
     return (pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
             + f"\n\nTest split, mean ± std over seeds, (Δ vs linear probe); † the val split chose a value on"
-            f" the edge of its grid. Metric per dataset: {note}.")
+            f" the edge of its grid; ‡ a fit behind the number stopped at its iteration limit (the record's"
+            f" max_iter_hit). Metric per dataset: {note}.")
 
 
 def build(results_dir: Path, out_dir: Path) -> str:

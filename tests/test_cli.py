@@ -28,7 +28,7 @@ def test_demo_and_table(tmp_path):
     assert len(records) == 6, out.stdout + out.stderr
     for path in records:
         record = json.loads(path.read_text())
-        assert record["protocol_version"] == 1 and record["dataset"] == "digits"
+        assert record["protocol_version"] == 2 and record["dataset"] == "digits"
         assert set(record["timings"]) >= {"backbone", "fit", "features_train", "features_val", "features_test"}
         assert len(record["test"]["top1"]) == (1 if record["method"] == "linear" else 3)
         assert min(record["test"]["top1"]) > 60  # real learning on real digits
