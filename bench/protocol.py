@@ -103,15 +103,17 @@ def select(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], se
     points = [{**params, **combo, "seed": s} for combo in combos for s in seeds]
     fitted = fit(*data["train"], num_classes=num_classes, points=points, device=device)
     pred = fitted.predict(data["val"][0])
-    # float64: equal per-seed scores in another order give the same mean, so ties are exact
     val = torch.tensor([score(metric, p, data["val"][1]) for p in pred], dtype=torch.float64)
     val = val.view(len(combos), len(seeds))
-    best = int(val.mean(1).argmax())  # argmax returns the first maximum: ties go to the earlier point
+    # in float64 over the sorted scores: equal per-seed scores in another order give the same mean, to the
+    # last bit (a float32 mean, or any mean in another order, can differ there and break a tie)
+    best = int(val.sort(1).values.mean(1).argmax())  # argmax returns the first maximum: ties go to the earlier
     chosen, k = combos[best], len(seeds)
     Xtv, ytv = (torch.cat(pair) for pair in zip(data["train"], data["val"]))
     heads = fit(Xtv, ytv, num_classes=num_classes, points=[{**params, **chosen, "seed": s} for s in seeds],
                 device=device, **warm_start(fit, fitted, list(range(best * k, best * k + k))))
-    curve = [{"point": c, "val": v.mean().item(), "val_per_seed": v.tolist()} for c, v in zip(combos, val)]
+    curve = [{"point": c, "val": v.sort().values.mean().item(), "val_per_seed": v.tolist()}
+             for c, v in zip(combos, val)]
     if fitted.fits is not None:
         for i, entry in enumerate(curve):
             entry["fit"] = fits(fitted, range(i * k, i * k + k))
