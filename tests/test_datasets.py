@@ -147,3 +147,15 @@ def test_config_composes_and_its_keys_are_the_loaders_arguments(name):
     options = {k: v for k, v in cfg.dataset.load.items() if k != "_target_"}
     module_name, function = cfg.dataset.load._target_.rsplit(".", 1)
     inspect.signature(getattr(importlib.import_module(module_name), function)).bind(root=REPO, **options)
+
+
+def test_cars_test_annotations_may_sit_in_devkit(tmp_path):
+    FAKES["cars"].write(tmp_path)
+    base = tmp_path / "stanford_cars"
+    before = load("cars", tmp_path)
+    (base / "cars_test_annos_withlabels.mat").rename(base / "devkit" / "cars_test_annos_withlabels.mat")
+    after = load("cars", tmp_path)
+    assert after.splits["test"].fingerprint() == before.splits["test"].fingerprint()
+    (base / "devkit" / "cars_test_annos_withlabels.mat").unlink()
+    with pytest.raises(UserError, match="missing .*stanford_cars/cars_test_annos_withlabels.mat"):
+        load("cars", tmp_path)
