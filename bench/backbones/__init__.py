@@ -48,6 +48,8 @@ def make_transform(*, resize: int, crop: int, interpolation: str, mean, std) -> 
 
     `mean`/`std` null means no normalisation ([0, 1] input, as SimCLR checkpoints expect).
     """
+    if resize is None or crop is None:
+        raise UserError("preprocess resize/crop null means the data's own size: bench.job.sized_to_data sets it")
     if interpolation not in INTERPOLATIONS:
         raise UserError(f"unknown interpolation {interpolation!r}; known: {sorted(INTERPOLATIONS)}")
     if isinstance(mean, str) or isinstance(std, str):
