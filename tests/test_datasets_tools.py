@@ -43,6 +43,13 @@ def test_folder_errors_name_the_fix(tmp_path):
         folder.load(root=tmp_path, path=None, val_fraction=0.1)
     with pytest.raises(UserError, match="lacks the sub-folder"):
         folder.load(root=tmp_path, path=str(tmp_path), val_fraction=0.1)
+    fake_datasets.folder(tmp_path)
+    for f in (tmp_path / "mytask" / "test").rglob("*.png"):
+        f.unlink()
+    for d in (tmp_path / "mytask" / "test").iterdir():
+        d.rmdir()
+    with pytest.raises(UserError, match="test holds no images"):
+        folder.load(root=tmp_path, path=str(tmp_path / "mytask"), val_fraction=0.1)
 
 
 def test_folder_reads_nested_images_names_skipped_files_and_refuses_empty_classes(tmp_path, caplog):

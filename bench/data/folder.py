@@ -57,6 +57,8 @@ def scan(base: Path, split: str, classes: list[str], warnings: list[str]) -> tup
     if empty:
         raise UserError(f"{base / split} has class folders without images: {', '.join(empty)} "
                         f"(images are files with the suffixes {', '.join(SUFFIXES)}, in {split}/<class>/ or below)")
+    if not items:
+        raise UserError(f"{base / split} holds no images (expected {split}/<class>/<image>, suffixes {SUFFIXES})")
     if skipped:
         warnings.append(f"{base}: {len(skipped)} file(s) in {split}/ are not in a class folder or not images "
                         f"(suffixes {', '.join(SUFFIXES)}) and are skipped: {', '.join(skipped[:5])}"
