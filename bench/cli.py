@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -80,6 +81,13 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
+def backbone_overrides(overrides) -> list[str]:
+    """What the command line changed inside the backbone's config (`backbone.preprocess.resize=28` ->
+    `preprocess.resize=28`): part of the table's row label, since it changes the features."""
+    prefix = re.compile(r"^([+~]*)backbone\.")
+    return sorted(prefix.sub(r"\1", o) for o in overrides if prefix.match(o))
+
+
 def run_job(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import InstantiationException
@@ -95,7 +103,7 @@ def run_job(cfg) -> None:
             dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve())
         except InstantiationException as err:  # Hydra wraps the loader's own errors
             raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
-        job.run(config, dataset)
+        job.run(config, dataset, backbone_overrides=backbone_overrides(HydraConfig.get().overrides.task))
     except UserError as err:
         print(f"seabench: error: {err}", file=sys.stderr)
         if HydraConfig.get().mode != RunMode.MULTIRUN:
