@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bench import UserError, backbones, features, protocol, results
+from bench import UserError, backbones, features, protocol, results, temps
 from bench.data import FeatureSet, Task
 from bench.metrics import METRICS
 
@@ -25,21 +26,68 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r} is not supported; use auto, cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} was asked for but this machine has no usable GPU; use device=auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
-def validate(config: dict) -> None:
-    """Check what would otherwise fail deep inside a run, or only after all its work."""
-    metric, method = config["dataset"]["metric"], config["method"]
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r} for dataset {config['dataset']['name']}; known: {sorted(METRICS)}")
+def kind(value) -> str | None:
+    """What a hyperparameter value is, in words; None for null, which stands for anything."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true or false"
+    return "a number" if isinstance(value, (int, float)) else "text" if isinstance(value, str) else "a single value"
+
+
+def wrong(value, like) -> bool:
+    """True when `value` cannot stand where `like` stands (text for a number, a list for a single value...)."""
+    return kind(value) == "a single value" or (None not in (kind(value), kind(like)) and kind(value) != kind(like))
+
+
+def closest(name: str, known) -> str:
+    near = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean {near[0]!r}? " if near else ""
+
+
+def check_method(method: dict, defaults: dict | None) -> None:
+    """Hyperparameters keep the kind of value their YAML gives them; grid keys are hyperparameters."""
+    params, defaults = method["params"], defaults or {}
+    for key, value in params.items():
+        if wrong(value, defaults.get(key)):
+            raise UserError(f"method.params.{key} must be {kind(defaults.get(key)) or 'a single value'}, "
+                            f"not {value!r}")
     for key, values in method["grid"].items():
+        if key not in params:
+            raise UserError(f"method.grid.{key} is not a hyperparameter of method {method['name']}; "
+                            f"{closest(key, params)}known: {', '.join(params)}")
         if not isinstance(values, list) or not values:
             raise UserError(f"method.grid.{key} must be a non-empty list (e.g. method.grid.{key}=[{values}])")
-    if not isinstance(config["seeds"], int) or config["seeds"] < 1:
+        like = defaults.get(key, params[key])
+        if bad := [v for v in values if wrong(v, like)]:
+            raise UserError(f"method.grid.{key} must hold {kind(like) or 'single values'}, not {bad[0]!r}")
+
+
+def validate(config: dict, method_defaults: dict | None = None) -> None:
+    """Check, in well under a second, what would otherwise fail deep inside a run or only after all its work.
+
+    `method_defaults`: the method's params as its YAML gives them (the kinds of value each must keep)."""
+    metric = config["dataset"]["metric"]
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r} for dataset {config['dataset']['name']}; known: {sorted(METRICS)}")
+    check_method(config["method"], method_defaults)
+    if isinstance(config["seeds"], bool) or not isinstance(config["seeds"], int) or config["seeds"] < 1:
         raise UserError(f"seeds must be a positive integer, not {config['seeds']!r}")
+    for key, low in [("batch_size", 1), ("num_workers", 0)]:
+        value = config["extract"][key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserError(f"extract.{key} must be an integer >= {low}, not {value!r}")
+    pick_device(config["device"])
+    temps.check_writable(Path(config["results_dir"]), "results_dir")
 
 
 @contextmanager
@@ -57,8 +105,6 @@ def extract_all(config: dict, backbone, task: Task, device, timings: dict) -> tu
             X, y, entries[split] = features.cached(backbone, task.name, split, images,
                                                    cache_dir=Path(config["cache_dir"]), device=device,
                                                    **config["extract"])
-        if not torch.isfinite(X).all():
-            raise UserError(f"backbone {backbone.name} gave NaN or infinite features on {task.name}/{split}")
         data[split] = (X, y)
     return data, entries
 
@@ -74,6 +120,7 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
         config = {**config, "backbone": {"name": "given", "label": "given features"}}
         splits, num_classes = dict(dataset.hashes), dataset.num_classes
     else:
+        temps.check_writable(Path(config["cache_dir"]), "cache_dir")
         splits, num_classes = {name: s.fingerprint() for name, s in dataset.splits.items()}, len(dataset.classes)
         with timed(timings, "backbone"):
             backbone = backbones.create(**config["backbone"], cache_dir=Path(config["cache_dir"]))
@@ -84,8 +131,11 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
     path = results.path_for(config["results_dir"], dataset=dataset.name, backbone=config["backbone"]["name"],
                             method=method["name"], protocol=prot["name"], sig=sig)
     if path.exists() and config["skip_existing"]:
-        log.info("skipping: a record of this run exists at %s", path)
-        return None
+        problem = results.problem(path)
+        if problem is None:
+            log.info("skipping: a record of this run exists at %s", path)
+            return None
+        log.warning("the record %s cannot be used (%s): running the cell again", path, problem)
     data, entries = (dataset.splits, {}) if isinstance(dataset, FeatureSet) else \
         extract_all(config, backbone, dataset, device, timings)
     seeds = list(range(config["seeds"])) if method["stochastic"] else [0]

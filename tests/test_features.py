@@ -1,9 +1,12 @@
 """The feature cache: one extraction per entry, a hit on the second run, a miss when preprocessing changes."""
 
+import errno
+import os
+
 import pytest
 import torch
 
-from bench import backbones, features
+from bench import UserError, backbones, features
 from bench.data import digits
 
 PRE = {"resize": 16, "crop": 16, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -50,13 +53,12 @@ def test_changed_preprocessing_or_weights_misses(tmp_path, task):
 
 
 def test_a_failed_write_leaves_no_entry(tmp_path, task, monkeypatch):
-    def broken_save(obj, path):
-        with open(path, "wb") as f:
-            f.write(b"half")
-        raise OSError("disk full")
+    def broken_save(obj, f):
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="cannot write feature cache entry .*: No space left on device; free some"):
         get(backbone(tmp_path), task, tmp_path)
     left = [p.name for p in (tmp_path / "features").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
     assert left == []  # neither the entry nor its temporary file
