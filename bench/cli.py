@@ -125,13 +125,13 @@ def read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def method_defaults(choice: str) -> dict:
-    """The params of conf/method/<choice>.yaml, over those of the files it extends: the kinds values keep."""
-    conf, params = read_yaml(CONF / "method" / f"{choice}.yaml"), {}
+def method_section(choice: str, section: str = "params") -> dict:
+    """`params` (or `grid`) of conf/method/<choice>.yaml over those of the files it extends (values unresolved)."""
+    conf, out = read_yaml(CONF / "method" / f"{choice}.yaml"), {}
     for base in conf.get("defaults", []):
         if isinstance(base, str) and base != "_self_":
-            params |= method_defaults(base)
-    return params | (conf.get("params") or {})
+            out |= method_section(base, section)
+    return out | (conf.get(section) or {})
 
 
 def overrides(argv: list[str]) -> list[tuple[str, list[str], str]]:
@@ -141,6 +141,20 @@ def overrides(argv: list[str]) -> list[tuple[str, list[str], str]]:
         if match := re.fullmatch(r"(\+\+|\+|~)?([\w./@-]+)=(.*)", arg, re.S):
             out.append((match[1] or "", re.split(r"[./@]", match[2]), match[3]))
     return out
+
+
+def check_method_key(prefix: str, path: list[str], methods: list[str]) -> None:
+    """`method.params.X` and `method.grid.X`: X must be a hyperparameter of the chosen method(s); a grid key
+    that the method's YAML does not sweep is added with `+`."""
+    known = [m for m in methods if (CONF / "method" / f"{m}.yaml").is_file()]
+    params = {k for m in known for k in method_section(m)}
+    key, name = path[2], ".".join(path)
+    if params and key not in params:
+        raise UserError(f"{'.'.join(path[:3])} is not a hyperparameter of method {', '.join(known)}; "
+                        f"{suggest(key, params)}known: {', '.join(sorted(params))}")
+    if path[1] == "grid" and not prefix and any(key not in method_section(m, "grid") for m in known):
+        raise UserError(f"method {', '.join(known)} does not sweep {key} by default: add it to the grid with "
+                        f"+{name}=[...]")
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -164,11 +178,8 @@ def check_overrides(argv: list[str]) -> None:
         if isinstance(config.get(path[0]), dict) and len(path) > 1 and path[1] not in config[path[0]]:
             keys = [f"{path[0]}.{k}" for k in config[path[0]]]
             raise UserError(f"unknown setting {name!r}; {suggest(name, keys)}known: {', '.join(keys)}")
-        if path[:2] == ["method", "params"] and len(path) > 2 and methods:
-            params = {k for m in methods if (CONF / "method" / f"{m}.yaml").is_file() for k in method_defaults(m)}
-            if params and path[2] not in params:
-                raise UserError(f"{path[2]!r} is not a hyperparameter of method {', '.join(methods)}; "
-                                f"{suggest(path[2], params)}known: {', '.join(sorted(params))}")
+        if path[0] == "method" and len(path) > 2 and methods:
+            check_method_key(prefix, path, methods)
         if prefix in ("+", "++") and len(path) > 1 and path[:2] != ["method", "grid"]:
             raise UserError(f"{prefix}{name} adds a setting seabench does not read (only method.grid takes new "
                             f"keys); to change an existing one, drop the {prefix!r}")
@@ -203,7 +214,7 @@ def run_job(cfg) -> None:
 
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
-        job.validate(config, method_defaults(HydraConfig.get().runtime.choices["method"]))  # before any work
+        job.validate(config, method_section(HydraConfig.get().runtime.choices["method"]))  # before any work
         try:
             dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve())
         except InstantiationException as err:  # Hydra wraps the loader's own errors

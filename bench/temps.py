@@ -38,7 +38,8 @@ def why(path: Path, err: OSError, what: str = "") -> str:
     """One sentence for a failed write: which file, the system's reason, what to do."""
     reason = err.strerror or str(err)
     hint = HINTS.get(err.errno)
-    return f"cannot write {what + ' ' if what else ''}{path}: {reason}" + (f"; {hint}" if hint else "")
+    where = os.path.abspath(path)
+    return f"cannot write {what + ' ' if what else ''}{where}: {reason}" + (f"; {hint}" if hint else "")
 
 
 def name_for(path: Path) -> Path:

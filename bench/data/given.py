@@ -25,8 +25,11 @@ def load_file(path, what: str):
     """What `torch.load` finds in `path`, in safe mode; anything it cannot read is one sentence."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # safe mode met a type it does not allow: numpy arrays, custom classes
-        raise UserError(f"{what} in {path} hold an object other than a torch tensor or a list (a numpy array?); "
+    except pickle.UnpicklingError as err:  # safe mode met a type it does not allow, or bytes that are no pickle
+        if "numpy" in str(err):
+            raise UserError(f"{what} in {path} hold a numpy array; save torch.from_numpy(array) instead "
+                            f"(expected {FORMAT})") from None
+        raise UserError(f"cannot read {what} in {path}: it is not a torch.save file of a tensor or a list; "
                         f"expected {FORMAT}") from None
     except Exception as err:  # noqa: BLE001 -- text, truncated or foreign files make torch raise nearly anything
         raise UserError(f"cannot read {what} in {path}: torch.load fails on it ({type(err).__name__}); "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from bench import progress
 from bench.methods import Heads
 
 
@@ -84,7 +85,8 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
     W = torch.zeros(num_classes, X.shape[1], dtype=dtype, device=device)
     b = torch.zeros(num_classes, dtype=dtype, device=device)
     weights, biases, memo = [None] * len(points), [None] * len(points), Memo()
-    for i in sorted(range(len(points)), key=lambda i: -points[i]["penalty"]):  # strong -> weak, warm start
+    order = sorted(range(len(points)), key=lambda i: -points[i]["penalty"])  # strong -> weak, warm start
+    for i in progress.track(order, desc=f"linear probe, {len(points)} penalties", unit="penalty"):
         fit_one(X, Y1, points[i]["penalty"], W, b, max_iter=points[i]["max_iter"], tol=points[i]["tol"], memo=memo)
         weights[i], biases[i] = W.detach().clone(), b.detach().clone()
     W, b = torch.stack(weights) / scale, torch.stack(biases)
