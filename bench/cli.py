@@ -138,7 +138,7 @@ def overrides(argv: list[str]) -> list[tuple[str, list[str], str]]:
     """(prefix, key path, value) of each `key=value` override; prefix is '+', '++', '~' or ''."""
     out = []
     for arg in argv:
-        if match := re.fullmatch(r"(\+\+|\+|~)?([\w./@-]+)=(.*)", arg, re.S):
+        if match := re.fullmatch(r"(\+\+|\+|~)?([\w./@-]+)=(.*)", arg, re.DOTALL):
             out.append((match[1] or "", re.split(r"[./@]", match[2]), match[3]))
     return out
 

@@ -59,8 +59,8 @@ def refused(result, message: str) -> str:
     (["extract.num_workers=-1"], "extract.num_workers must be an integer >= 0, not -1"),
     (["seeds=0"], "seeds must be a positive integer, not 0"),
     (["dataset.metric=top5"], "unknown metric 'top5'"),
-    ([*SEA[2:], "+method.grid.etta=[0.1]"], "method.grid.etta is not a hyperparameter of method sea; "
-                                                "did you mean 'eta'?"),
+    ([*SEA[2:], "+method.grid.etta=[0.1]"], ("method.grid.etta is not a hyperparameter of method sea; "
+                                                "did you mean 'eta'?")),
 ])
 def test_bad_settings_are_refused_before_the_dataset_is_even_read(seabench, tmp_path, args, message):
     """dataset=dtd is not on disk: a check that ran after loading the data would say so instead."""
@@ -74,14 +74,14 @@ def test_bad_settings_are_refused_before_the_dataset_is_even_read(seabench, tmp_
     (["+seed=1"], "unknown setting 'seed'; did you mean 'seeds'?"),  # Hydra's advice, which ran it unread
     (["methd=sea"], "unknown setting 'methd'; did you mean 'method'?"),
     (["extract.batchsize=8"], "unknown setting 'extract.batchsize'; did you mean 'extract.batch_size'?"),
-    ([*SEA[2:], "method.params.etta=0.1"], "method.params.etta is not a hyperparameter of method sea; "
-                                                "did you mean 'eta'?"),
+    ([*SEA[2:], "method.params.etta=0.1"], ("method.params.etta is not a hyperparameter of method sea; "
+                                                "did you mean 'eta'?")),
     ([*SEA[2:], "+method.params.etta=0.1"], "method.params.etta is not a hyperparameter of method sea"),
     (["+dataset.foo=1"], "+dataset.foo adds a setting seabench does not read"),
     (["dataset=digitz"], "unknown dataset 'digitz'; did you mean 'digits'?"),
     (["-m", "--cfg", "job"], "--cfg and -m cannot be combined"),
-    (["method.grid.max_iter=[10]"], "method linear does not sweep max_iter by default: add it to the grid with "
-                                    "+method.grid.max_iter=[...]"),
+    (["method.grid.max_iter=[10]"], ("method linear does not sweep max_iter by default: add it to the grid with "
+                                    "+method.grid.max_iter=[...]")),
 ])
 def test_typos_are_refused_not_ignored(seabench, args, message):
     refused(seabench("run", *(BASE[:2] if "method=sea" in args else BASE), *args), message)

@@ -17,7 +17,6 @@ from bench import UserError
 from bench.data import FeatureSet
 from bench.fetch import digests
 
-
 FORMAT = "a file written by torch.save holding a torch tensor or a list (torch.save(torch.as_tensor(x), path))"
 
 
