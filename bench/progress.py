@@ -19,8 +19,9 @@ EVERY = 10.0  # seconds between two log lines when stderr is not a terminal: a 2
 
 
 def track(items: Iterable, *, desc: str, unit: str = "it", total: int | None = None,
-          every: float = EVERY) -> Iterator:
+          every: float | None = None) -> Iterator:
     """Yield `items`; show how far the loop is: a bar on a terminal, else a log line at most every `every` s."""
+    every = EVERY if every is None else every
     total = len(items) if total is None and hasattr(items, "__len__") else total
     if sys.stderr.isatty():
         yield from tqdm(items, desc=desc, unit=unit, total=total, leave=False)
