@@ -210,11 +210,13 @@ def run_job(cfg) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from bench import job
+    from bench import checks
 
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
-        job.validate(config, method_section(HydraConfig.get().runtime.choices["method"]))  # before any work
+        checks.validate(config, method_section(HydraConfig.get().runtime.choices["method"]))  # before any work
+        from bench import job  # torch, timm ...: seconds of imports, after the checks
+
         try:
             dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve())
         except InstantiationException as err:  # Hydra wraps the loader's own errors

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 import time
@@ -12,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-from bench import UserError, backbones, features, protocol, results, temps
+from bench import UserError, backbones, checks, features, protocol, results, temps
 from bench.data import FeatureSet, Task
-from bench.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -33,61 +31,6 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise UserError(f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
-
-
-def kind(value) -> str | None:
-    """What a hyperparameter value is, in words; None for null, which stands for anything."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true or false"
-    return "a number" if isinstance(value, (int, float)) else "text" if isinstance(value, str) else "a single value"
-
-
-def wrong(value, like) -> bool:
-    """True when `value` cannot stand where `like` stands (text for a number, a list for a single value...)."""
-    return kind(value) == "a single value" or (None not in (kind(value), kind(like)) and kind(value) != kind(like))
-
-
-def closest(name: str, known) -> str:
-    near = difflib.get_close_matches(name, list(known), n=1)
-    return f"did you mean {near[0]!r}? " if near else ""
-
-
-def check_method(method: dict, defaults: dict | None) -> None:
-    """Hyperparameters keep the kind of value their YAML gives them; grid keys are hyperparameters."""
-    params, defaults = method["params"], defaults or {}
-    for key, value in params.items():
-        if wrong(value, defaults.get(key)):
-            raise UserError(f"method.params.{key} must be {kind(defaults.get(key)) or 'a single value'}, "
-                            f"not {value!r}")
-    for key, values in method["grid"].items():
-        if key not in params:
-            raise UserError(f"method.grid.{key} is not a hyperparameter of method {method['name']}; "
-                            f"{closest(key, params)}known: {', '.join(params)}")
-        if not isinstance(values, list) or not values:
-            raise UserError(f"method.grid.{key} must be a non-empty list (e.g. method.grid.{key}=[{values}])")
-        like = defaults.get(key, params[key])
-        if bad := [v for v in values if wrong(v, like)]:
-            raise UserError(f"method.grid.{key} must hold {kind(like) or 'single values'}, not {bad[0]!r}")
-
-
-def validate(config: dict, method_defaults: dict | None = None) -> None:
-    """Check, in well under a second, what would otherwise fail deep inside a run or only after all its work.
-
-    `method_defaults`: the method's params as its YAML gives them (the kinds of value each must keep)."""
-    metric = config["dataset"]["metric"]
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r} for dataset {config['dataset']['name']}; known: {sorted(METRICS)}")
-    check_method(config["method"], method_defaults)
-    if isinstance(config["seeds"], bool) or not isinstance(config["seeds"], int) or config["seeds"] < 1:
-        raise UserError(f"seeds must be a positive integer, not {config['seeds']!r}")
-    for key, low in [("batch_size", 1), ("num_workers", 0)]:
-        value = config["extract"][key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise UserError(f"extract.{key} must be an integer >= {low}, not {value!r}")
-    pick_device(config["device"])
-    temps.check_writable(Path(config["results_dir"]), "results_dir")
 
 
 @contextmanager
@@ -114,7 +57,7 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
 
     The signature covers the configs, the split fingerprints and the backbone's weight hash, so a
     changed checkpoint behind the same path is a new run, not a skipped one."""
-    validate(config)
+    checks.validate(config)
     device, timings, weights = pick_device(config["device"]), {}, {}
     if isinstance(dataset, FeatureSet):  # ready-made features: no backbone takes part
         config = {**config, "backbone": {"name": "given", "label": "given features"}}

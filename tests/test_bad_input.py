@@ -50,7 +50,7 @@ def refused(result, message: str) -> str:
 
 
 @pytest.mark.parametrize("args,message", [
-    (["device=mps"], "device 'mps' is not supported; use auto, cpu or cuda"),
+    (["device=mps"], "device 'mps' is not supported; use auto, cpu, cuda or cuda:N"),
     (["method.grid.penalty=[abc]"], "method.grid.penalty must hold a number, not 'abc'"),
     ([*SEA[2:], "method.params.eta=abc"], "method.params.eta must be a number, not 'abc'"),
     ([*SEA[2:], "method.grid.eta=[0.1,abc]"], "method.grid.eta must hold a number, not 'abc'"),
@@ -226,3 +226,16 @@ def test_a_record_the_table_cannot_use_does_not_block_its_cell(seabench, tmp_pat
         assert rc == 0 and "cannot be used" in text and why in text and "running the cell again" in text, text
         again = json.loads(record.read_text())
         assert again["test"] == good["test"] and again["chosen"] == good["chosen"]
+
+
+def test_settings_are_checked_before_torch_is_even_imported(tmp_path):
+    """`seeds=0` took 11 s to be refused: the checks waited behind the imports, the data and the model."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "bench", "run", "dataset=dtd", "seeds=0"],
+                         cwd=tmp_path, capture_output=True, text=True, check=False,
+                         env={**os.environ, "SEABENCH_DATA": str(tmp_path / "data")})
+    assert out.returncode == 2 and "seeds must be a positive integer, not 0" in out.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import")}
+    assert "hydra" in imported and not {"torch", "timm", "sklearn"} & imported
