@@ -48,6 +48,9 @@ def on_sigterm(signum, frame) -> None:
     if os.getpid() != MAIN_PID:  # a forked worker (DataLoader): end quietly, the main process reports
         os._exit(128 + signum)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
+    # torch's DataLoader watches its workers through SIGCHLD and raises when one ends by a signal, as they
+    # do now (a scheduler signals the whole job): they end with us, which is no error to report
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     raise Terminated
 
 
