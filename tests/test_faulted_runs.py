@@ -58,6 +58,11 @@ elif stage == "record-write":  # half of the record in its temporary
             hold()
         return real_write_text(self, text, *args, **kwargs)
     pathlib.Path.write_text = write_text
+elif stage == "workers":  # inside a DataLoader worker process, reading an image
+    import bench.data
+    def getitem(self, i):
+        hold()
+    bench.data.ImageList.__getitem__ = getitem
 from bench.cli import main
 sys.exit(main(sys.argv[3:]))
 """
@@ -69,9 +74,10 @@ def env(tmp: Path) -> dict:
 
 
 def start(tmp: Path, stage: str, *args: str, marker: Path | None = None) -> subprocess.Popen:
+    """The driver in a new process group (as a scheduler's job is), held at `stage`."""
     marker = marker or tmp / "marker"
     return subprocess.Popen([sys.executable, "-c", DRIVER, stage, str(marker), *args], cwd=tmp, env=env(tmp),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
@@ -186,3 +192,13 @@ def test_the_table_never_reads_a_half_written_record(tmp_path, caplog):
         stop.set()
         thread.join()
     assert rounds[0] > 5 and "skipping" not in caplog.text
+
+
+def test_sigterm_to_a_job_with_loader_workers_is_one_line(tmp_path):
+    """A scheduler signals every process of the job: the DataLoader's workers end too, and that is no error."""
+    proc = start(tmp_path, "workers", "run", *CELL[:-1], "extract.num_workers=2")
+    wait_for(tmp_path / "marker", proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.startswith("seabench: terminated (SIGTERM)"), err
+    assert len(err.strip().splitlines()) == 1, err
