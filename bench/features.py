@@ -69,6 +69,12 @@ def checksum(features: torch.Tensor, labels: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def finite(X: torch.Tensor) -> bool:
+    """No NaN or inf in X. The sum is one fast pass (isfinite(X).all() builds an N x D mask: ~40x slower);
+    only a sum that overflows needs the exact check."""
+    return bool(torch.isfinite(X.sum())) or bool(torch.isfinite(X).all())
+
+
 def damage(entry, digest: str) -> str | None:
     """None for a sound entry of key `digest`, else what is wrong with it."""
     if not isinstance(entry, dict) or entry.get("key") != digest:
@@ -78,7 +84,7 @@ def damage(entry, digest: str) -> str | None:
         return "it holds no features and labels of matching lengths"
     if entry.get("checksum") != checksum(X, y):
         return "its tensors do not match their checksum"
-    if not torch.isfinite(X).all():  # never stored so (see `cached`): the bytes changed after the checksum
+    if not finite(X):  # never stored so (see `cached`): the bytes changed before the checksum was taken
         return "it holds NaN or infinite features"
     return None
 
@@ -127,7 +133,7 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
                 features = extract(backbone.model, images.with_transform(backbone.transform),
                                    batch_size=batch_size, num_workers=num_workers, device=device,
                                    desc=f"{dataset}/{split_name}")
-                if not torch.isfinite(features).all():  # not stored: a NaN in the cache is damage, not this
+                if not finite(features):  # not stored: so a NaN in the cache is damage, not the backbone
                     raise UserError(f"backbone {backbone.name} gave NaN or infinite features on "
                                     f"{dataset}/{split_name}")
                 labels = torch.tensor(images.labels)
