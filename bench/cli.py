@@ -15,7 +15,6 @@ and cached; every run writes one JSON record; `seabench table` turns the records
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import re
@@ -24,6 +23,7 @@ import sys
 from pathlib import Path
 
 from bench import UserError
+from bench.checks import closest
 
 # subcommand -> "module:function"; each function takes the remaining argv
 COMMANDS = {
@@ -36,6 +36,9 @@ COMMANDS = {
     "doctor": "bench.data.doctor:doctor_main",
     "backbones": "bench.backbones.zoo:main",
 }
+
+
+MAIN_PID = os.getpid()  # set again by `main`; a forked DataLoader worker has another pid
 
 
 class Terminated(BaseException):
@@ -52,9 +55,6 @@ def on_sigterm(signum, frame) -> None:
     # do now (a scheduler signals the whole job): they end with us, which is no error to report
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     raise Terminated
-
-
-MAIN_PID = os.getpid()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,9 +88,7 @@ def dispatch(argv: list[str]) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        near = difflib.get_close_matches(command, COMMANDS, n=1)
-        raise UserError(f"unknown command {command!r}; {f'did you mean {near[0]!r}? ' if near else ''}"
-                        f"known: {', '.join(COMMANDS)}")
+        raise UserError(f"unknown command {command!r}; {closest(command, COMMANDS)}known: {', '.join(COMMANDS)}")
     module, function = COMMANDS[command].split(":")
     return getattr(importlib.import_module(module), function)(rest) or 0
 
@@ -106,11 +104,6 @@ GROUPS = ("backbone", "dataset", "method", "protocol", "experiment")
 MODES = {"-m": "-m", "--multirun": "-m", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info", "--info": "--info"}
 
 
-def suggest(name: str, known) -> str:
-    near = difflib.get_close_matches(name, list(known), n=1)
-    return f"did you mean {near[0]!r}? " if near else ""
-
-
 def check_choices(argv: list[str]) -> None:
     """One sentence for an unknown group choice (`dataset=nope`, or one of a sweep's `a,b`), before Hydra."""
     for arg in argv:
@@ -119,7 +112,7 @@ def check_choices(argv: list[str]) -> None:
             known = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
             for choice in value.split(","):
                 if choice not in known and choice != "null":
-                    raise UserError(f"unknown {group} {choice!r}; {suggest(choice, known)}known: {', '.join(known)}")
+                    raise UserError(f"unknown {group} {choice!r}; {closest(choice, known)}known: {', '.join(known)}")
 
 
 def read_yaml(path: Path) -> dict:
@@ -154,7 +147,7 @@ def check_method_key(prefix: str, path: list[str], methods: list[str]) -> None:
     key, name = path[2], ".".join(path)
     if params and key not in params:
         raise UserError(f"{'.'.join(path[:3])} is not a hyperparameter of method {', '.join(known)}; "
-                        f"{suggest(key, params)}known: {', '.join(sorted(params))}")
+                        f"{closest(key, params)}known: {', '.join(sorted(params))}")
     if path[1] == "grid" and not prefix and any(key not in method_section(m, "grid") for m in known):
         raise UserError(f"method {', '.join(known)} does not sweep {key} by default: add it to the grid with "
                         f"+{name}=[...]")
@@ -177,10 +170,10 @@ def check_overrides(argv: list[str]) -> None:
         if path[0] == "hydra":
             continue
         if path[0] not in known:
-            raise UserError(f"unknown setting {path[0]!r}; {suggest(path[0], known)}known: {', '.join(known)}")
+            raise UserError(f"unknown setting {path[0]!r}; {closest(path[0], known)}known: {', '.join(known)}")
         if isinstance(config.get(path[0]), dict) and len(path) > 1 and path[1] not in config[path[0]]:
             keys = [f"{path[0]}.{k}" for k in config[path[0]]]
-            raise UserError(f"unknown setting {name!r}; {suggest(name, keys)}known: {', '.join(keys)}")
+            raise UserError(f"unknown setting {name!r}; {closest(name, keys)}known: {', '.join(keys)}")
         if path[0] == "method" and len(path) > 2 and methods:
             check_method_key(prefix, path, methods)
         if prefix in ("+", "++") and len(path) > 1 and path[:2] != ["method", "grid"]:
@@ -251,7 +244,7 @@ def list_main(argv: list[str]) -> int:
         print(f"usage: seabench list [{'|'.join(LISTED)}]   (default: all); then `seabench run KIND=NAME`")
         return 0
     if unknown := [k for k in argv if k not in LISTED]:
-        raise UserError(f"cannot list {unknown[0]!r}; {suggest(unknown[0], LISTED)}known: {', '.join(LISTED)}")
+        raise UserError(f"cannot list {unknown[0]!r}; {closest(unknown[0], LISTED)}known: {', '.join(LISTED)}")
     for kind in argv or LISTED:
         files = sorted((CONF / LISTED[kind]).glob("*.yaml"))
         width = max(len(p.stem) for p in files)

@@ -74,7 +74,7 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
     path = results.path_for(config["results_dir"], dataset=dataset.name, backbone=config["backbone"]["name"],
                             method=method["name"], protocol=prot["name"], sig=sig)
     if path.exists() and config["skip_existing"]:
-        problem = results.problem(path)
+        _, problem = results.read(path)
         if problem is None:
             log.info("skipping: a record of this run exists at %s", path)
             return None

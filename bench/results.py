@@ -46,13 +46,14 @@ def write(path: Path, record: dict) -> None:
     write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str))
 
 
-def problem(path: Path) -> str | None:
-    """None when `path` holds a record the table can use, else what is wrong with it (in a few words)."""
+def read(path: Path) -> tuple[dict | None, str | None]:
+    """(record, None) when `path` holds a record the table can use, else (None, what is wrong with it)."""
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return f"unreadable: {err}"
-    return problem_of(record)
+        return None, f"unreadable ({err})"
+    why = problem_of(record)
+    return (None, why) if why else (record, None)
 
 
 def problem_of(record) -> str | None:
@@ -72,12 +73,8 @@ def load_all(results_dir: Path) -> list[dict]:
     """Every usable record under `results_dir`; each file that is not one is named in a warning and skipped."""
     records = []
     for path in sorted((Path(results_dir) / "runs").rglob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            log.warning("skipping the unreadable record %s: %s", path, err)
-            continue
-        if why := problem_of(record):
+        record, why = read(path)
+        if why:
             log.warning("skipping the record %s: %s", path, why)
             continue
         record["path"] = str(path)
