@@ -82,7 +82,9 @@ def damage(entry, digest: str) -> str | None:
     X, y = entry.get("features"), entry.get("labels")
     if not (torch.is_tensor(X) and torch.is_tensor(y) and X.ndim == 2 and y.shape == X.shape[:1]):
         return "it holds no features and labels of matching lengths"
-    if entry.get("checksum") != checksum(X, y):
+    if "checksum" not in entry:
+        return "it has no checksum (written by an older seabench)"
+    if entry["checksum"] != checksum(X, y):
         return "its tensors do not match their checksum"
     if not finite(X):  # never stored so (see `cached`): the bytes changed before the checksum was taken
         return "it holds NaN or infinite features"
@@ -95,6 +97,8 @@ def read_entry(path: Path, digest: str) -> tuple[dict | None, str | None]:
         entry = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         return None, None
+    except MemoryError:  # the machine's state, not the entry's: keep the entry
+        raise
     except Exception as err:  # noqa: BLE001 -- damaged bytes make torch raise nearly anything
         return None, f"it cannot be read ({type(err).__name__})"
     problem = damage(entry, digest)

@@ -120,12 +120,13 @@ def test_a_flipped_byte_in_the_file_is_healed(tmp_path, task):
     assert not info2["hit"] and torch.equal(X2, X) and torch.equal(y2, y)
 
 
-def test_an_entry_without_a_checksum_is_extracted_again(tmp_path, task):
+def test_an_entry_without_a_checksum_is_extracted_again(tmp_path, task, caplog):
     _, _, info = get(backbone(tmp_path), task, tmp_path)
     entry = torch.load(info["path"], weights_only=True)
     del entry["checksum"]
     torch.save(entry, info["path"])
     assert not get(backbone(tmp_path), task, tmp_path)[2]["hit"]
+    assert "it has no checksum (written by an older seabench)" in caplog.text
 
 
 def test_a_damaged_entry_is_removed_under_the_lock(tmp_path, task, monkeypatch):
