@@ -22,7 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bench import UserError
+from bench import UserError, temps
 from bench.checks import closest
 
 # subcommand -> "module:function"; each function takes the remaining argv
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return dispatch(sys.argv[1:] if argv is None else argv)
+        with temps.faults_as_sentences():
+            return dispatch(sys.argv[1:] if argv is None else argv)
     except UserError as err:
         print(f"seabench: error: {err}", file=sys.stderr)
         return 2
@@ -76,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ended(how: str) -> None:
-    from bench import temps
-
     temps.remove_own()  # the `finally` blocks ran on the way here; this is the net under them
     print(f"seabench: {how}; temporary files removed, finished records and cache entries kept", file=sys.stderr)
 
@@ -217,7 +216,8 @@ def run_job(cfg) -> None:
             dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve())
         except InstantiationException as err:  # Hydra wraps the loader's own errors
             raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
-        job.run(config, dataset)
+        with temps.faults_as_sentences():
+            job.run(config, dataset)
     except UserError as err:
         print(f"seabench: error: {err}", file=sys.stderr)
         if HydraConfig.get().mode != RunMode.MULTIRUN:

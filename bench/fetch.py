@@ -96,7 +96,7 @@ def download(url: str, dest: Path, *, hashes: Hashes | None = None,
              timeout: float = TIMEOUT) -> dict[str, str]:
     """Fetch `url` to `dest` (atomically, under a lock) and return its digests; reuse a `dest` that passes."""
     want = published(dest.name, hashes or {})
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    temps.make_dir(dest.parent, "download folder")
     with FileLock(str(lockfile(dest))):
         if dest.is_file():  # fetched earlier, or by another job while we waited for the lock
             found, problem = verify(dest, want)

@@ -42,6 +42,19 @@ def why(path: Path, err: OSError, what: str = "") -> str:
     return f"cannot write {what + ' ' if what else ''}{where}: {reason}" + (f"; {hint}" if hint else "")
 
 
+@contextmanager
+def faults_as_sentences() -> Iterator[None]:
+    """A disk fault (full, read-only, no permission, a file in a path) met outside `atomic` -- a lock file, a
+    folder made by a library -- becomes one sentence too; other OSErrors pass unchanged."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in HINTS:
+            raise
+        where = f" {os.path.abspath(err.filename)}" if err.filename else ""
+        raise UserError(f"cannot use{where}: {err.strerror}; {HINTS[err.errno]}") from None
+
+
 def name_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid()}")
 

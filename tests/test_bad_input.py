@@ -239,3 +239,15 @@ def test_settings_are_checked_before_torch_is_even_imported(tmp_path):
     assert out.returncode == 2 and "seeds must be a positive integer, not 0" in out.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import")}
     assert "hydra" in imported and not {"torch", "timm", "sklearn"} & imported
+
+
+def test_a_disk_fault_outside_the_atomic_writes_is_one_sentence(seabench, tmp_path, monkeypatch):
+    """The lock file of a cache entry in a folder the job may not write (as root: simulated)."""
+    from bench import features
+
+    def no_permission(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(features, "lock", lambda path: no_permission(str(path) + ".lock"))
+    refused(seabench("run", *BASE), "cannot use " + str(tmp_path / "cache" / "features" / "digits" / "pixels"))
+    assert "Permission denied; no permission to write there" in seabench("run", *BASE)[2]
