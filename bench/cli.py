@@ -134,7 +134,7 @@ def overrides(argv: list[str]) -> list[tuple[str, list[str], str]]:
     out = []
     for arg in argv:
         if match := re.fullmatch(r"(\+\+|\+|~)?([\w./@-]+)=(.*)", arg, re.DOTALL):
-            out.append((match[1] or "", re.split(r"[./@]", match[2]), match[3]))
+            out.append((match[1] or "", re.split(r"[./@]", match[2].replace("/", ".")), match[3]))
     return out
 
 

@@ -251,3 +251,12 @@ def test_a_disk_fault_outside_the_atomic_writes_is_one_sentence(seabench, tmp_pa
     monkeypatch.setattr(features, "lock", lambda path: no_permission(str(path) + ".lock"))
     refused(seabench("run", *BASE), "cannot use " + str(tmp_path / "cache" / "features" / "digits" / "pixels"))
     assert "Permission denied; no permission to write there" in seabench("run", *BASE)[2]
+
+
+@pytest.mark.parametrize("args", [
+    ["hydra/launcher=basic", "hydra.verbose=true", "seeds=1", "experiment=demo"],
+    ["method=linear", "+method.grid.max_iter=[10,100]", "method.params.penalty=2", "extract.batch_size=8"],
+    ["-m", "method=sgd,sea", "method.params.lr=0.1", "+method.grid.epochs=[5,10]", "~method.grid.center"],
+])
+def test_the_typo_checks_let_real_settings_through(args):
+    cli.check_overrides(args)
