@@ -3,7 +3,8 @@
 An entry's key is the sha256 of everything that changes the features: the backbone's weight hash
 and architecture, its preprocessing, the dataset and the split's (item, label) fingerprint. Entries
 are written under a temporary name and renamed, under a file lock, so a killed job never leaves a
-corrupt entry and concurrent jobs on the same cell extract once.
+corrupt entry and concurrent jobs on the same cell extract once. An entry stores the sha256 of its
+tensors; one whose bytes changed on disk is found on load, removed and extracted again.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import pickle
 import re
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from filelock import FileLock
 from tqdm import tqdm
 
-from bench import UserError
+from bench import UserError, temps
 from bench.backbones import Backbone
 from bench.data import ImageList
 
@@ -66,46 +65,90 @@ def extract(model: torch.nn.Module, images: ImageList, *, batch_size: int, num_w
     return torch.cat(chunks)
 
 
-def load_entry(path: Path, digest: str) -> dict | None:
-    """The entry at `path`, or None when there is none or it is damaged (then it is removed)."""
-    if not path.exists():
-        return None
+def checksum(features: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 of the entry's tensors (values, dtypes and shapes): stored with the entry, checked on every load."""
+    h = hashlib.sha256()
+    for t in (features, labels):
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))
+    return h.hexdigest()
+
+
+def finite(X: torch.Tensor) -> bool:
+    """No NaN or inf in X. The sum is one fast pass (isfinite(X).all() builds an N x D mask: ~40x slower);
+    only a sum that overflows needs the exact check."""
+    return bool(torch.isfinite(X.sum())) or bool(torch.isfinite(X).all())
+
+
+def damage(entry, digest: str) -> str | None:
+    """None for a sound entry of key `digest`, else what is wrong with it."""
+    if not isinstance(entry, dict) or entry.get("key") != digest:
+        return "it is not the entry of this key"
+    X, y = entry.get("features"), entry.get("labels")
+    if not (torch.is_tensor(X) and torch.is_tensor(y) and X.ndim == 2 and y.shape == X.shape[:1]):
+        return "it holds no features and labels of matching lengths"
+    if "checksum" not in entry:
+        return "it has no checksum (written by an older seabench)"
+    if entry["checksum"] != checksum(X, y):
+        return "its tensors do not match their checksum"
+    if not finite(X):  # never stored so (see `cached`): the bytes changed before the checksum was taken
+        return "it holds NaN or infinite features"
+    return None
+
+
+def read_entry(path: Path, digest: str) -> tuple[dict | None, str | None]:
+    """(entry, None) for a sound entry, (None, None) when there is none, (None, why) when it is damaged."""
     try:
         entry = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(entry, dict) and entry.get("key") == digest:
-            return entry
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
-        pass
-    log.warning("the feature cache entry %s is damaged; extracting again", path)
-    path.unlink(missing_ok=True)
-    return None
+    except FileNotFoundError:
+        return None, None
+    except MemoryError:  # the machine's state, not the entry's: keep the entry
+        raise
+    except Exception as err:  # noqa: BLE001 -- damaged bytes make torch raise nearly anything
+        return None, f"it cannot be read ({type(err).__name__})"
+    problem = damage(entry, digest)
+    return (None, problem) if problem else (entry, None)
+
+
+def lock(path: Path):
+    """The lock that makes one job extract an entry while the others wait for it."""
+    return FileLock(str(path) + ".lock")
+
+
+def write_entry(path: Path, entry: dict) -> None:
+    with temps.atomic(path, "feature cache entry") as tmp, open(tmp, "wb") as f:  # a file object:
+        torch.save(entry, f)  # a full disk is then an OSError ("No space left"), not a RuntimeError of torch
 
 
 def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList, *, cache_dir: Path,
            batch_size: int, num_workers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(features, labels, info) of one split, from the cache or extracted once and stored.
 
+    A damaged entry (unreadable, checksum mismatch, NaN) is removed under the lock and extracted again.
     On a GPU extraction runs under float16 autocast: those features are cached apart from float32 ones."""
     digest = key(backbone, dataset, images, amp=amp(device))
     path = Path(cache_dir).expanduser() / "features" / dataset / backbone.name / f"{split_name}-{digest[:24]}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    temps.make_dir(path.parent, "feature cache folder")
     info = {"key": digest, "path": str(path), "amp_float16": amp(device)}
-    entry = load_entry(path, digest)
+    entry, _ = read_entry(path, digest)
     if entry is None:
-        with FileLock(str(path) + ".lock"):
-            entry = load_entry(path, digest)  # another job may have written it while we waited
+        with lock(path):
+            entry, problem = read_entry(path, digest)  # another job may have written it while we waited
+            if problem:
+                log.warning("the feature cache entry %s is damaged (%s): removed, extracting again", path, problem)
+                path.unlink(missing_ok=True)
             if entry is None:
                 features = extract(backbone.model, images.with_transform(backbone.transform),
                                    batch_size=batch_size, num_workers=num_workers, device=device,
                                    desc=f"{dataset}/{split_name}")
-                entry = {"features": features, "labels": torch.tensor(images.labels), "key": digest}
-                tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-                try:
-                    torch.save(entry, tmp)
-                    os.replace(tmp, path)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                if not finite(features):  # not stored: so a NaN in the cache is damage, not the backbone
+                    raise UserError(f"backbone {backbone.name} gave NaN or infinite features on "
+                                    f"{dataset}/{split_name}")
+                labels = torch.tensor(images.labels)
+                entry = {"features": features, "labels": labels, "key": digest,
+                         "checksum": checksum(features, labels)}
+                write_entry(path, entry)
                 log.info("extracted %s %s: %s -> %s", dataset, split_name, tuple(features.shape), path)
-                return features, entry["labels"], {**info, "hit": False}
+                return features, labels, {**info, "hit": False}
     log.info("cache hit %s %s: %s", dataset, split_name, path)
     return entry["features"], entry["labels"], {**info, "hit": True}

@@ -1,6 +1,6 @@
 """Downloads that are verified before anyone reads them: the one downloader of checkpoints and datasets.
 
-A download streams to `<dest>.part-<pid>` under a lock (`<dest>.lock`), is hashed, checked against
+A download streams to a temporary (`bench.temps`) under a lock (`<dest>.lock`), is hashed, checked against
 the published hashes (if any) and only then renamed to `dest`: a killed job or a broken connection
 leaves no file under the final name. Published hashes are a mapping of algorithm to hex digest, full
 or the prefix a publisher prints (`{"md5": "a04e12f8"}`). The computed sha256 is written beside the
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -21,7 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 from tqdm import tqdm
 
-from bench import UserError
+from bench import UserError, temps
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +53,8 @@ def lockfile(path: Path) -> Path:
 
 def record(path: Path, sha256: str) -> None:
     """Write the file's sha256 beside it (atomically), to be checked on every later use."""
-    tmp = sidecar(path).with_name(f"{sidecar(path).name}.part-{os.getpid()}")
-    tmp.write_text(sha256 + "\n")
-    os.replace(tmp, sidecar(path))
+    with temps.atomic(sidecar(path), "hash record") as tmp:
+        tmp.write_text(sha256 + "\n")
 
 
 def published(name: str, hashes: Hashes) -> dict[str, str]:
@@ -98,7 +96,7 @@ def download(url: str, dest: Path, *, hashes: Hashes | None = None,
              timeout: float = TIMEOUT) -> dict[str, str]:
     """Fetch `url` to `dest` (atomically, under a lock) and return its digests; reuse a `dest` that passes."""
     want = published(dest.name, hashes or {})
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    temps.make_dir(dest.parent, "download folder")
     with FileLock(str(lockfile(dest))):
         if dest.is_file():  # fetched earlier, or by another job while we waited for the lock
             found, problem = verify(dest, want)
@@ -118,24 +116,20 @@ def download(url: str, dest: Path, *, hashes: Hashes | None = None,
 
 def _fetch_new(url: str, dest: Path, want: dict[str, str], timeout: float) -> dict[str, str]:
     """Stream, hash, check against `want`, rename to `dest` and record; the caller holds the lock."""
-    tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
-    try:
-        _stream(url, tmp, timeout)
+    with temps.atomic(dest, "download") as tmp:
+        _stream(url, tmp, dest, timeout)
         found = digests(tmp, want)
         problem = mismatch(found, want)
         if problem:
             raise UserError(f"the download of {dest.name} from {url} is corrupt or not the published file "
                             f"({problem}); it was removed, try again or fetch it by hand to {dest}")
-        os.replace(tmp, dest)
-        record(dest, found[RECORDED])
-    finally:
-        tmp.unlink(missing_ok=True)
+    record(dest, found[RECORDED])
     return found
 
 
-def _stream(url: str, tmp: Path, timeout: float) -> None:
+def _stream(url: str, tmp: Path, dest: Path, timeout: float) -> None:
     """Copy the bytes behind `url` into `tmp`; a short read or any network error is a UserError."""
-    name = tmp.name.rsplit(".part-", 1)[0]
+    name = dest.name
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -144,10 +138,16 @@ def _stream(url: str, tmp: Path, timeout: float) -> None:
                     out.write(chunk)
                     bar.update(len(chunk))
             written = out.tell()
-    except (OSError, urllib.error.URLError, ValueError) as err:
+    except OSError as err:
+        if err.errno in temps.HINTS:  # the local disk, not the network: a full disk, a read-only folder
+            raise UserError(temps.why(dest, err, "download")) from None
         reason = getattr(err, "reason", None) or err
         raise UserError(f"cannot download {name} from {url} ({reason}); download it by hand and put it at "
-                        f"{tmp.with_name(name)}") from None
+                        f"{dest}") from None
+    except ValueError as err:
+        reason = getattr(err, "reason", None) or err
+        raise UserError(f"cannot download {name} from {url} ({reason}); download it by hand and put it at "
+                        f"{dest}") from None
     if total is not None and written != total:
         raise UserError(f"the download of {name} from {url} stopped after {written} of {total} bytes; "
-                        f"try again or put the file at {tmp.with_name(name)} by hand")
+                        f"try again or put the file at {dest} by hand")

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-from bench import UserError, backbones, features, protocol, results
+from bench import UserError, backbones, checks, features, protocol, results, temps
 from bench.data import FeatureSet, Task
-from bench.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +24,13 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r} is not supported; use auto, cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} was asked for but this machine has no usable GPU; use device=auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
-
-
-def validate(config: dict) -> None:
-    """Check what would otherwise fail deep inside a run, or only after all its work."""
-    metric, method = config["dataset"]["metric"], config["method"]
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r} for dataset {config['dataset']['name']}; known: {sorted(METRICS)}")
-    for key, values in method["grid"].items():
-        if not isinstance(values, list) or not values:
-            raise UserError(f"method.grid.{key} must be a non-empty list (e.g. method.grid.{key}=[{values}])")
-    if not isinstance(config["seeds"], int) or config["seeds"] < 1:
-        raise UserError(f"seeds must be a positive integer, not {config['seeds']!r}")
 
 
 @contextmanager
@@ -57,8 +48,6 @@ def extract_all(config: dict, backbone, task: Task, device, timings: dict) -> tu
             X, y, entries[split] = features.cached(backbone, task.name, split, images,
                                                    cache_dir=Path(config["cache_dir"]), device=device,
                                                    **config["extract"])
-        if not torch.isfinite(X).all():
-            raise UserError(f"backbone {backbone.name} gave NaN or infinite features on {task.name}/{split}")
         data[split] = (X, y)
     return data, entries
 
@@ -99,12 +88,13 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
     precision, so a changed checkpoint behind the same path, or the same cell on a GPU, is a new run, not
     a skipped one. `backbone_overrides` (what the command line changed in the backbone's config, e.g.
     `preprocess.resize=28`) go into the record, so the table can tell such rows apart."""
-    validate(config)
+    checks.validate(config)
     device, timings, weights = pick_device(config["device"]), {}, {}
     if isinstance(dataset, FeatureSet):  # ready-made features: no backbone takes part
         config = {**config, "backbone": {"name": "given", "label": "given features"}}
         splits, num_classes = dict(dataset.hashes), dataset.num_classes
     else:
+        temps.check_writable(Path(config["cache_dir"]), "cache_dir")
         splits, num_classes = {name: s.fingerprint() for name, s in dataset.splits.items()}, len(dataset.classes)
         preprocess = sized_to_data(config["backbone"]["preprocess"], dataset.splits["train"])
         with timed(timings, "backbone"):
@@ -115,8 +105,11 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
     method, prot = config["method"], config["protocol"]
     sig, path = identity(config, dataset.name, splits, weights.get("weights_sha256"), device)
     if path.exists() and config["skip_existing"]:
-        log.info("skipping: a record of this run exists at %s", path)
-        return None
+        _, problem = results.read(path)
+        if problem is None:
+            log.info("skipping: a record of this run exists at %s", path)
+            return None
+        log.warning("the record %s cannot be used (%s): running the cell again", path, problem)
     data, entries = (dataset.splits, {}) if isinstance(dataset, FeatureSet) else \
         extract_all(config, backbone, dataset, device, timings)
     seeds = list(range(config["seeds"])) if method["stochastic"] else [0]

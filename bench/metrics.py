@@ -1,6 +1,13 @@
-"""The two accuracies every record stores; each dataset's config names which one its table uses."""
+"""The two accuracies every record stores; each dataset's config names which one its table uses.
 
-import torch
+Tensor methods only, no `import torch`: the CLI checks a metric's name before it loads torch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def top1(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -10,9 +17,10 @@ def top1(pred: torch.Tensor, y: torch.Tensor) -> float:
 
 def mean_per_class(pred: torch.Tensor, y: torch.Tensor) -> float:
     """Mean over the classes present in `y` of the percentage of that class predicted correctly."""
-    classes, inverse = torch.unique(y, return_inverse=True)
-    correct = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, inverse, (pred == y).double())
-    counts = torch.bincount(inverse, minlength=len(classes)).double()
+    classes, inverse = y.unique(return_inverse=True)
+    hits = (pred == y).double()
+    correct = hits.new_zeros(len(classes)).index_add_(0, inverse, hits)
+    counts = inverse.bincount(minlength=len(classes)).double()
     return 100.0 * (correct / counts).mean().item()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import subprocess
 import sys
@@ -14,10 +13,14 @@ from pathlib import Path
 
 import torch
 
+from bench import temps
+
 log = logging.getLogger(__name__)
 
 # what decides a run's numbers besides the data and the device type; paths and worker counts do not
 SIGNED = ("backbone", "dataset", "method", "protocol", "seeds")
+# what `seabench table` reads of a record: a record without them is run again, not skipped
+NEEDED = ("backbone", "method", "protocol", "dataset", "metric", "test", "chosen", "edge", "timings", "created")
 PACKAGES = ("seabench", "torch", "torchvision", "timm", "numpy", "scikit-learn", "hydra-core", "pillow")
 
 
@@ -32,15 +35,10 @@ def path_for(results_dir: Path, *, dataset: str, backbone: str, method: str, pro
     return Path(results_dir) / "runs" / dataset / backbone / f"{method}-{protocol}-{sig[:12]}.json"
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically: a temporary name in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+def write_text(path: Path, text: str, what: str = "") -> None:
+    """Write `text` to `path` atomically (see `bench.temps`); a failed write is one sentence."""
+    with temps.atomic(path, what) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write(path: Path, record: dict) -> None:
@@ -49,13 +47,36 @@ def write(path: Path, record: dict) -> None:
     write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str))
 
 
+def read(path: Path) -> tuple[dict | None, str | None]:
+    """(record, None) when `path` holds a record the table can use, else (None, what is wrong with it)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"unreadable ({err})"
+    why = problem_of(record)
+    return (None, why) if why else (record, None)
+
+
+def problem_of(record) -> str | None:
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not a run record"
+    if missing := [k for k in NEEDED if k not in record]:
+        return f"it lacks {', '.join(missing)}"
+    scores = record["test"].get("score") if isinstance(record["test"], dict) else None
+    if not (isinstance(scores, list) and scores and all(isinstance(x, (int, float)) for x in scores)):
+        return "it has no test scores"
+    if not isinstance(record["timings"], dict):
+        return "its timings are not a map"
+    return None
+
+
 def load_all(results_dir: Path) -> list[dict]:
+    """Every usable record under `results_dir`; each file that is not one is named in a warning and skipped."""
     records = []
     for path in sorted((Path(results_dir) / "runs").rglob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            log.warning("skipping the unreadable record %s: %s", path, err)
+        record, why = read(path)
+        if why:
+            log.warning("skipping the record %s: %s", path, why)
             continue
         record["path"] = str(path)
         records.append(record)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import UserError, results
+from bench import UserError, results, temps
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +149,14 @@ def notes(lines: list[str]) -> str:
 
 
 def build(results_dir: Path, out_dir: Path) -> str:
+    temps.check_writable(out_dir, "table folder")  # before the work, however small
     records = results.load_all(results_dir)
     if not records:
         raise UserError(f"no run records under {Path(results_dir) / 'runs'}: run `seabench run ...` first")
     df = frame(records)
-    out_dir.mkdir(parents=True, exist_ok=True)
     text = markdown(df)
     for name, content in [("table.md", text + "\n"), ("table.csv", df.to_csv(index=False))]:
-        results.write_text(out_dir / name, content)
+        results.write_text(out_dir / name, content, "table")
     return text
 
 

@@ -140,7 +140,7 @@ def test_a_sweep_runs_every_cell_and_then_reports_the_failures(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("method.grid.penalty=0.5", "method.grid.penalty must be a non-empty list"),
     ("dataset.metric=top5", "unknown metric 'top5'"),
-    ("device=nonsense", "unknown device 'nonsense'"),
+    ("device=nonsense", "device 'nonsense' is not supported; use auto, cpu, cuda or cuda:N"),
     ("seeds=0", "seeds must be a positive integer"),
 ])
 def test_bad_settings_fail_before_any_work(tmp_path, override, message):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from bench import UserError, fetch
+from bench import UserError, fetch, temps
 from bench.backbones import layouts
 
 log = logging.getLogger(__name__)
@@ -140,13 +139,11 @@ def converted_state(path: Path, *, layout: str | None, model: nn.Module, arch: s
             cached.unlink(missing_ok=True)
     state, layout = load_state(path, layout=layout, target=model.state_dict())
     if layout == layouts.BYOL:
-        tmp = cached.with_name(f"{cached.name}.part-{os.getpid()}")
         try:
-            torch.save(state, tmp)
-            os.replace(tmp, cached)
-        except OSError as err:  # a read-only folder: the conversion is only a cache
-            log.warning("cannot cache the converted weights at %s: %s", cached, err)
-            tmp.unlink(missing_ok=True)
+            with temps.atomic(cached, "converted weights") as tmp, open(tmp, "wb") as f:
+                torch.save(state, f)
+        except UserError as err:  # a read-only folder, a full disk: the conversion is only a cache
+            log.warning("%s (the conversion is only a cache)", err)
     return state, layout
 
 

@@ -17,6 +17,31 @@ from bench import UserError
 from bench.data import FeatureSet
 from bench.fetch import digests
 
+FORMAT = "a file written by torch.save holding a torch tensor or a list (torch.save(torch.as_tensor(x), path))"
+
+
+def load_file(path, what: str):
+    """What `torch.load` finds in `path`, in safe mode; anything it cannot read is one sentence."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # safe mode met a type it does not allow, or bytes that are no pickle
+        if "numpy" in str(err):
+            raise UserError(f"{what} in {path} hold a numpy array; save torch.from_numpy(array) instead "
+                            f"(expected {FORMAT})") from None
+        raise UserError(f"cannot read {what} in {path}: it is not a torch.save file of a tensor or a list; "
+                        f"expected {FORMAT}") from None
+    except Exception as err:  # noqa: BLE001 -- text, truncated or foreign files make torch raise nearly anything
+        raise UserError(f"cannot read {what} in {path}: torch.load fails on it ({type(err).__name__}); "
+                        f"expected {FORMAT}") from None
+
+
+def describe(value) -> str:
+    if torch.is_tensor(value):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (list, tuple)) and value:
+        return f"a {type(value).__name__} of {type(value[0]).__name__}"
+    return f"a {type(value).__name__}"
+
 
 def read(split: str, feat_path, label_path) -> tuple[torch.Tensor, torch.Tensor, str]:
     for what, key, path in [("features", "feat", feat_path), ("labels", "label", label_path)]:
@@ -24,16 +49,20 @@ def read(split: str, feat_path, label_path) -> tuple[torch.Tensor, torch.Tensor,
             raise UserError(f"{split} {what} not given: set dataset.load.{split}_{key}_path")
         if not Path(path).is_file():
             raise UserError(f"{split} {what} file not found: {path}")
-    try:
-        x = torch.load(feat_path, map_location="cpu", weights_only=True)
-        y = torch.load(label_path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:  # not a torch file
-        raise UserError(f"cannot read {split} features or labels ({feat_path}, {label_path}): {err}") from None
+    x, y = load_file(feat_path, f"{split} features"), load_file(label_path, f"{split} labels")
     if not torch.is_tensor(x) or x.ndim != 2 or not x.is_floating_point():
-        raise UserError(f"{split} features in {feat_path} must be a float tensor of shape [N, D]")
-    y = torch.as_tensor(y)
-    if y.ndim != 1 or y.is_floating_point() or y.is_complex():
-        raise UserError(f"{split} labels in {label_path} must be a list or 1-d tensor of integers")
+        raise UserError(f"{split} features in {feat_path} must be a float tensor of shape [N, D], not "
+                        f"{describe(x)}")
+    if x.numel() == 0:
+        raise UserError(f"{split} features in {feat_path} are empty (shape {tuple(x.shape)})")
+    try:
+        y = torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):  # strings, nested lists of different lengths ...
+        raise UserError(f"{split} labels in {label_path} must be a list or 1-d tensor of integers, "
+                        f"not {describe(y)}") from None
+    if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise UserError(f"{split} labels in {label_path} must be a list or 1-d tensor of integers, "
+                        f"not {describe(y)}")
     if len(x) != len(y):
         raise UserError(f"{split} features have {len(x)} rows but {split} labels have {len(y)} entries "
                         f"({feat_path}, {label_path})")

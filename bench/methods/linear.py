@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from bench import progress
 from bench.methods import Heads
 
 
@@ -151,7 +152,7 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
     weights, biases, fits, memo = [None] * len(points), [None] * len(points), [None] * len(points), Memo()
     path = []  # (penalty, W, b) of the sweep so far, strongest first
     order = range(len(points)) if init is not None else sorted(range(len(points)), key=lambda i: -points[i]["penalty"])
-    for i in order:
+    for i in progress.track(order, desc=f"linear probe, {len(points)} penalties", unit="penalty"):
         lam = points[i]["penalty"]
         if init is not None:  # W0 x + b0 = (W0 * scale) (x - mean) / scale + (b0 + W0 mean)
             W0, b0 = init.weight[i].to(device, dtype), init.bias[i].to(device, dtype)

@@ -24,6 +24,7 @@ from itertools import groupby
 import torch
 import torch.nn.functional as F
 
+from bench import progress
 from bench.methods import Heads
 
 SHARED = ("batch_size", "epochs", "center")  # heads of one stack must agree on these
@@ -70,7 +71,7 @@ def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augmen
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     W = torch.stack([init_weight(g, num_classes, dim, X.dtype) for g in gens]).to(X.device)[slot]
     buf = torch.zeros_like(W)
-    for _ in range(epochs):
+    for _ in progress.track(range(epochs), desc=f"fitting {len(points)} head(s)", unit="epoch"):
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(X.device)  # [S, N]
         for start in range(0, n, batch_size):
             idx = perms[:, start:start + batch_size]  # one batch per seed: heads of a seed share it

@@ -1,0 +1,204 @@
+"""What held, keep it holding: signals, kill -9 at every stage, concurrent jobs, a table read during a sweep.
+
+A driver runs the real command line (`bench.cli.main`) with one hold point patched in: at the chosen
+stage it touches a marker file and sleeps, so the test can signal or kill it exactly there.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import features, results
+
+CELL = ["dataset=digits", "backbone=pixels", "method=linear", "method.grid.penalty=[0.1,1.0]",
+        "extract.num_workers=0"]
+
+DRIVER = r"""
+import pathlib, sys, time
+stage, marker = sys.argv[1], pathlib.Path(sys.argv[2])
+
+def hold():
+    marker.touch()
+    time.sleep(600)
+
+if stage in ("extract", "slow-extract"):  # during the second split's extraction / every extraction slowed
+    import bench.features as features
+    real, calls = features.extract, []
+    def extract(*args, **kwargs):
+        calls.append(1)
+        if stage == "extract" and len(calls) == 2:
+            hold()
+        time.sleep(2.0 if stage == "slow-extract" else 0)
+        return real(*args, **kwargs)
+    features.extract = extract
+elif stage == "cache-write":  # half of an entry in its temporary
+    import torch
+    def save(obj, f):
+        f.write(b"PK\x03\x04 half an entry")
+        f.flush()
+        hold()
+    torch.save = save
+elif stage == "fit":
+    import bench.methods.linear as linear
+    def fit_one(*args, **kwargs):
+        hold()
+    linear.fit_one = fit_one
+elif stage == "record-write":  # half of the record in its temporary
+    real_write_text = pathlib.Path.write_text
+    def write_text(self, text, *args, **kwargs):
+        if ".json.tmp-" in self.name:
+            real_write_text(self, text[: len(text) // 2])
+            hold()
+        return real_write_text(self, text, *args, **kwargs)
+    pathlib.Path.write_text = write_text
+elif stage == "workers":  # inside a DataLoader worker process, reading an image
+    import bench.data
+    def getitem(self, i):
+        hold()
+    bench.data.ImageList.__getitem__ = getitem
+from bench.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def env(tmp: Path) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "SEABENCH_CACHE": str(tmp / "cache"),
+            "SEABENCH_DATA": str(tmp / "data")}
+
+
+def start(tmp: Path, stage: str, *args: str, marker: Path | None = None) -> subprocess.Popen:
+    """The driver in a new process group (as a scheduler's job is), held at `stage`."""
+    marker = marker or tmp / "marker"
+    return subprocess.Popen([sys.executable, "-c", DRIVER, stage, str(marker), *args], cwd=tmp, env=env(tmp),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"ended before the hold point: {proc.communicate()}")
+        assert time.monotonic() < deadline, "the hold point was never reached"
+        time.sleep(0.05)
+
+
+def run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "bench", *args], cwd=tmp, env=env(tmp), capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def temporaries(tmp: Path) -> list[Path]:
+    return [p for p in tmp.rglob("*") if ".tmp-" in p.name]
+
+
+def outcome(tmp: Path) -> dict:
+    (path,) = (tmp / "results" / "runs").rglob("*.json")
+    record = json.loads(path.read_text())
+    return {k: record[k] for k in ("test", "curve", "chosen", "signature", "features", "sizes")} | {"path": path.name}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    run(tmp, "run", *CELL)
+    return outcome(tmp)
+
+
+@pytest.mark.parametrize("stage", ["extract", "cache-write", "fit", "record-write"])
+def test_kill_9_at_any_stage_then_a_rerun_matches_an_uninterrupted_run(tmp_path, uninterrupted, stage):
+    proc = start(tmp_path, stage, "run", *CELL)
+    wait_for(tmp_path / "marker", proc)
+    proc.kill()
+    proc.communicate()
+    if stage in ("cache-write", "record-write"):
+        assert temporaries(tmp_path)  # what kill -9 leaves: a half-written temporary, never a final name
+    assert not (tmp_path / "results" / "runs").exists() or not list((tmp_path / "results" / "runs").rglob("*.json"))
+    run(tmp_path, "run", *CELL)
+    assert outcome(tmp_path) | {"features": None} == uninterrupted | {"features": None}
+    assert temporaries(tmp_path) == []  # swept by the next write into their folder
+    for entry in (tmp_path / "cache" / "features").rglob("*.pt"):  # every entry sound
+        digest = next(e["key"] for e in outcome(tmp_path)["features"].values() if e["path"] == str(entry))
+        assert features.read_entry(entry, digest)[1] is None
+
+
+@pytest.mark.parametrize("stage,how,code,line", [
+    ("fit", signal.SIGINT, 130, "seabench: interrupted;"),
+    ("cache-write", signal.SIGTERM, 143, "seabench: terminated (SIGTERM); temporary files removed"),
+    ("record-write", signal.SIGTERM, 143, "seabench: terminated (SIGTERM); temporary files removed"),
+])
+def test_a_signal_ends_in_one_line_and_leaves_no_temporary(tmp_path, stage, how, code, line):
+    proc = start(tmp_path, stage, "run", *CELL)
+    wait_for(tmp_path / "marker", proc)
+    if stage != "fit":
+        assert temporaries(tmp_path)
+    proc.send_signal(how)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code and err.startswith(line) and len(err.strip().splitlines()) == 1, err
+    assert temporaries(tmp_path) == []
+    assert list((tmp_path / "results").rglob("*.json")) == []
+
+
+def test_concurrent_jobs_on_one_cold_cell_extract_once_and_agree(tmp_path):
+    """8 jobs share the cache (each writes its own results folder, to compare their records); every
+    extraction is slowed by 2 s so that they all meet at the lock."""
+    procs = [start(tmp_path, "slow-extract", "run", *CELL, f"results_dir=r{i}", marker=tmp_path / f"m{i}")
+             for i in range(8)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    logs = "".join(out + err for out, err in outs)
+    for split in ("train", "val", "test"):
+        assert logs.count(f"extracted digits {split}") == 1, logs
+        assert logs.count(f"cache hit digits {split}") == 7, logs
+    records = [json.loads(next((tmp_path / f"r{i}").rglob("*.json")).read_text()) for i in range(8)]
+    keys = ("test", "curve", "chosen", "signature", "sizes")
+    assert all({k: r[k] for k in keys} == {k: records[0][k] for k in keys} for r in records)
+    assert {e["key"] for r in records for e in r["features"].values()} == \
+        {e["key"] for e in records[0]["features"].values()}
+    assert len(list((tmp_path / "cache" / "features").rglob("*.pt"))) == 3 and temporaries(tmp_path) == []
+
+
+def test_the_table_never_reads_a_half_written_record(tmp_path, caplog):
+    """A writer rewrites records (as a sweep's jobs do) while the table reads them, over and over."""
+    base = {"backbone": "b", "method": "linear", "protocol": "selection", "dataset": "d", "metric": "top1",
+            "chosen": {}, "edge": {}, "timings": {"fit": 1.0}, "created": "2026-01-01T00:00:00+00:00",
+            "padding": "x" * 200_000}  # large enough that a write takes many system calls
+    paths = [results.path_for(tmp_path, dataset="d", backbone=f"b{i}", method="linear", protocol="selection",
+                              sig=f"{i:012d}") for i in range(4)]
+    for path in paths:
+        results.write(path, base | {"test": {"score": [0.0]}})
+    stop, rounds = threading.Event(), [0]
+
+    def writer():
+        while not stop.is_set():
+            for path in paths:
+                results.write(path, base | {"test": {"score": [float(rounds[0])]}})
+            rounds[0] += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(200):
+            assert len(results.load_all(tmp_path)) == len(paths)
+    finally:
+        stop.set()
+        thread.join()
+    assert rounds[0] > 5 and "skipping" not in caplog.text
+
+
+def test_sigterm_to_a_job_with_loader_workers_is_one_line(tmp_path):
+    """A scheduler signals every process of the job: the DataLoader's workers end too, and that is no error."""
+    proc = start(tmp_path, "workers", "run", *CELL[:-1], "extract.num_workers=2")
+    wait_for(tmp_path / "marker", proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.startswith("seabench: terminated (SIGTERM)"), err
+    assert len(err.strip().splitlines()) == 1, err
