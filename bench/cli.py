@@ -92,7 +92,10 @@ def run_job(cfg) -> None:
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
         try:
-            dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve())
+            from bench.data.augself import loader_options
+
+            extra = loader_options(config["dataset"], config["protocol"].get("split", "canonical"))
+            dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve(), **extra)
         except InstantiationException as err:  # Hydra wraps the loader's own errors
             raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
         job.run(config, dataset)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from bench import UserError, backbones, features, protocol, results
-from bench.data import FeatureSet, Task
+from bench.data import FeatureSet, Task, augself
 from bench.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
         extract_all(config, backbone, dataset, device, timings)
     seeds = list(range(config["seeds"])) if method["stochastic"] else [0]
     options = {k: v for k, v in prot.items() if k != "name"}
-    if prot["name"] == "selection":
+    if prot["name"] in ("selection", "augself"):
         options["grid"] = method["grid"]
     with timed(timings, "fit"):
         outcome = protocol.PROTOCOLS[prot["name"]](
@@ -100,6 +100,7 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
               "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
               "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
               "num_classes": num_classes, "splits": splits, "features": entries, **weights, **outcome,
+              "split_rule": augself.rule(dataset.name) if prot.get("split") == "augself" else "canonical",
               "timings": timings, "device": str(device), "provenance": results.provenance(device),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     results.write(path, record)
