@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import UserError, results
+from bench import UserError, compare, latex, notes, plots, reference, results
 
 log = logging.getLogger(__name__)
 
@@ -46,49 +46,99 @@ def frame(records: list[dict]) -> pd.DataFrame:
 
 
 def cell(row, best: bool) -> str:
-    text = f"{row['mean']:.2f}" + (f" ± {row['std']:.2f}" if row["seeds"] > 1 else "")
+    half = (row["ci_hi"] - row["ci_lo"]) / 2 if pd.notna(row.get("ci_hi", float("nan"))) else None
+    text = f"{row['mean']:.2f}" + (f" ± {half:.2f}" if half is not None else "")  # none for one seed
     text = (f"**{text}**" if best else text) + ("†" if row["edge"] else "")
-    if row["method"] != "linear" and pd.notna(row["delta_vs_linear"]):
+    if pd.notna(row.get("paired_delta", float("nan"))):  # paired by identity (bench.compare)
+        text += f" ({row['paired_delta']:+.2f}{'*' if row['significant'] else ''})"
+    elif row["method"] != "linear" and pd.notna(row["delta_vs_linear"]):
         text += f" ({row['delta_vs_linear']:+.2f})"
     return text
 
 
-def markdown(df: pd.DataFrame) -> str:
-    datasets = [d for d in ORDER if d in set(df.dataset)] + sorted(set(df.dataset) - set(ORDER))
+def columns(df: pd.DataFrame) -> list[str]:
+    return [d for d in ORDER if d in set(df.dataset)] + sorted(set(df.dataset) - set(ORDER))
+
+
+def markdown(df: pd.DataFrame, published: pd.DataFrame | None = None, tests: pd.DataFrame | None = None) -> str:
+    datasets = columns(df)
     best = df.groupby("dataset")["mean"].transform("max") == df["mean"]
     wide, labels = {}, dict(zip(df.backbone, df.label))
     for i, row in df.iterrows():
         wide.setdefault(tuple(row[ROW]), {})[row["dataset"]] = cell(row, best[i])
     means = df.groupby(ROW)["mean"].agg(["mean", "count"])
+    costs = notes.costs(df, ROW) if "fit_s" in df and "extract_s" in df else {}
     lines = []
     for key, cells in sorted(wide.items()):
         avg, count = means.loc[key]
         average = f"{avg:.2f}" + ("" if count == len(datasets) else f" ({int(count)}/{len(datasets)})")
         shown = dict(zip(ROW, key)) | {"backbone": labels[key[0]]}
-        lines.append(shown | {d: cells.get(d, "–") for d in datasets} | {"average": average})
+        lines.append(shown | {d: cells.get(d, "–") for d in datasets} | {"average": average}
+                     | ({"cost s": costs.get(key, "–")} if costs else {}))
+    lines += notes.published_lines(published, datasets) if published is not None else []
     metrics = df.groupby("dataset")["metric"].first()
     note = ", ".join(f"{d}: {metrics[d]}" for d in datasets)
-    return (pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
-            + f"\n\nTest split, mean ± std over seeds, (Δ vs linear probe); † the val split chose a value on"
-            f" the edge of its grid. Metric per dataset: {note}.")
+    return (pd.DataFrame(lines).fillna("").to_markdown(index=False, disable_numparse=True)
+            + f"\n\nTest split. Metric per dataset: {note}.\n" + notes.legend(df, published, tests))
 
 
-def build(results_dir: Path, out_dir: Path) -> str:
-    records = results.load_all(results_dir)
-    if not records:
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"  # the committed published numbers
+
+
+def narrow(records: list[dict], **wanted: list[str] | None) -> list[dict]:
+    """The records whose backbone / method / dataset is among the wanted ones (None: any); one sentence for
+    a name no record has."""
+    for field, names in wanted.items():
+        if names:
+            known = sorted({r[field] for r in records})
+            if unknown := sorted(set(names) - set(known)):
+                raise UserError(f"no record has {field} {', '.join(unknown)}; the records have: {', '.join(known)}")
+            records = [r for r in records if r[field] in names]
+    return records
+
+
+def build(results_dir: Path, out_dir: Path, *, backbone: list[str] | None = None, method: list[str] | None = None,
+          dataset: list[str] | None = None, reference_dir: Path = REFERENCE, all_published: bool = False,
+          figures: bool = True) -> str:
+    every = results.load_all(results_dir)
+    if not every:
         raise UserError(f"no run records under {Path(results_dir) / 'runs'}: run `seabench run ...` first")
-    df = frame(records)
+    chosen = narrow(every, backbone=backbone, method=method, dataset=dataset)
+    by_path = {r["path"]: r for r in chosen}
+    df = compare.cost(compare.paired(frame(chosen), by_path), by_path, every)
+    datasets = columns(df)
+    published = reference.rows(reference.load(reference_dir), df, by_path, datasets=datasets,
+                               everything=all_published)
+    tests = compare.wilcoxon(df)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(df)
-    for name, content in [("table.md", text + "\n"), ("table.csv", df.to_csv(index=False))]:
+    text = markdown(df, published, tests)
+    long = pd.concat([df, published], ignore_index=True) if len(published) else df
+    for name, content in [("table.md", text + "\n"), ("table.csv", long.to_csv(index=False)),
+                          ("table.tex", latex.render(df, published, datasets, ROW))]:
         results.write_text(out_dir / name, content)
+    if figures:
+        plots.write_all(df, by_path, datasets, out_dir)
     return text
+
+
+def names(value: str) -> list[str]:
+    return [v for v in value.split(",") if v]
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="seabench table", description="Build the comparison table.")
     parser.add_argument("--results-dir", type=Path, default=Path("results"), help="where the records are")
-    parser.add_argument("--out-dir", type=Path, default=None, help="where table.md/.csv go (default: results dir)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where table.md/.csv/.tex and the PNG figures go (default: results dir)")
+    for field in ("backbone", "method", "dataset"):
+        parser.add_argument(f"--{field}", type=names, action="extend", default=None,
+                            help=f"only these {field}s (config names; repeat or comma-separate)")
+    parser.add_argument("--reference-dir", type=Path, default=REFERENCE, help="published numbers (*.csv)")
+    parser.add_argument("--all-published", action="store_true",
+                        help="show every published row, also those of backbones without runs")
+    parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNG figures")
     args = parser.parse_args(argv)
-    print(build(args.results_dir, args.out_dir or args.results_dir))
+    print(build(args.results_dir, args.out_dir or args.results_dir, backbone=args.backbone, method=args.method,
+                dataset=args.dataset, reference_dir=args.reference_dir, all_published=args.all_published,
+                figures=args.figures))
     return 0

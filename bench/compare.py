@@ -1,0 +1,88 @@
+"""The table's statistics and cost, per shown record; records are paired by identity, never by display name.
+
+Two records are comparable when they share the weights' hash, the protocol, the dataset and the split
+fingerprints (so the same test examples, in the same order): `identity`. Within one identity, the
+baseline is the linear probe (`linear`, else AugSelf's `augself_linear`).
+
+Cost: a record's fit seconds, plus its share of each feature-cache entry it read. An entry's extraction
+seconds are those the extracting record (cache `hit` false) timed for that split; they are divided evenly
+among the shown records that read the entry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from bench import results, stats
+
+BASELINES = ("linear", "augself_linear")  # the probe every method is compared with, in order of preference
+
+
+def identity(record: dict) -> str:
+    return json.dumps([record.get("weights_sha256") or record["backbone"], record["protocol"], record["dataset"],
+                       record.get("splits")], sort_keys=True, default=str)
+
+
+def predictions(record: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """[seeds, N] predicted classes and [N] labels, when the record kept them."""
+    test = record["test"]
+    if "predictions" not in test or "labels" not in test:
+        return None
+    return np.stack([results.unpack(p) for p in test["predictions"]]), results.unpack(test["labels"])
+
+
+def paired(df: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
+    """Per shown record: its 95% interval over seeds, its baseline and the paired test against it."""
+    shown = [records[path] for path in df["record"]]
+    ids = [identity(r) for r in shown]
+    base = {}
+    for method in reversed(BASELINES):  # the preferred baseline is written last
+        base |= {i: r for i, r in zip(ids, shown) if r["method"] == method}
+    rows = []
+    for r, i in zip(shown, ids):
+        ci = stats.interval(r["test"]["score"])
+        row = {"ci_lo": ci[0] if ci else np.nan, "ci_hi": ci[1] if ci else np.nan, "baseline": None,
+               "paired_delta": np.nan, "paired_lo": np.nan, "paired_hi": np.nan, "paired_p": np.nan}
+        b = base.get(i)
+        if b is not None and b is not r:
+            row["baseline"] = b["method"]
+            mine, theirs = predictions(r), predictions(b)
+            if mine is not None and theirs is not None and np.array_equal(mine[1], theirs[1]):
+                test = stats.paired_bootstrap(mine[0], theirs[0], mine[1], metric=r["metric"])
+                row |= {"paired_delta": test["delta"], "paired_lo": test["lo"], "paired_hi": test["hi"],
+                        "paired_p": test["p"]}
+        rows.append(row)
+    out = df.assign(**pd.DataFrame(rows, index=df.index))
+    out["significant"] = out["paired_p"] < stats.ALPHA
+    return out
+
+
+def cost(df: pd.DataFrame, records: dict[str, dict], every: list[dict]) -> pd.DataFrame:
+    """Adds fit_s and extract_s (amortised) per shown record; `every` is every loaded record (the one that
+    extracted an entry may be an older, not shown one)."""
+    seconds = {}
+    for r in every:
+        for split, entry in (r.get("features") or {}).items():
+            timed = r.get("timings", {}).get(f"features_{split}")
+            if not entry.get("hit", True) and timed is not None:
+                seconds.setdefault(entry["key"], timed)
+    shown = [records[path] for path in df["record"]]
+    readers = Counter(e["key"] for r in shown for e in (r.get("features") or {}).values())
+    extract = [sum(seconds.get(e["key"], 0.0) / readers[e["key"]] for e in (r.get("features") or {}).values())
+               for r in shown]
+    fit = [r.get("timings", {}).get("fit", np.nan) for r in shown]
+    return df.assign(fit_s=fit, extract_s=extract, device=[r.get("device") for r in shown])
+
+
+def wilcoxon(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (backbone, method, protocol) with a baseline: its Wilcoxon signed-rank test over datasets."""
+    rows = []
+    for key, group in df.dropna(subset=["baseline"]).groupby(["backbone", "method", "protocol"]):
+        deltas = group["paired_delta"].dropna().tolist()
+        rows.append(dict(zip(["backbone", "method", "protocol"], key)) | {"label": group["label"].iloc[0]}
+                    | {"mean_delta": np.mean(deltas) if deltas else np.nan} | stats.wilcoxon(deltas))
+    return pd.DataFrame(rows, columns=["backbone", "label", "method", "protocol", "mean_delta", "n", "p"])
