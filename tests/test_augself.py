@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from fake_datasets import FAKES
 
-from bench import UserError, protocol
+from bench import UserError, protocol, reference, table
 from bench.data import augself
 from bench.methods import augself_linear
 
@@ -194,3 +197,45 @@ def test_protocol_refits_warm_from_the_chosen_point():
     best = max(c["val"] for c in out["curve"])
     assert out["chosen"] == next(c["point"] for c in out["curve"] if c["val"] == best)  # the first best
     assert len(out["test"]["predictions"]) == 1 and out["sizes"] == {"train": 45, "val": 15, "test": 30}
+
+
+# ---- configs and the CLI ----------------------------------------------------------------------------------
+def test_experiment_sweeps_the_four_checkpoints_over_the_eleven_datasets():
+    from hydra import compose, initialize_config_dir
+    from test_config import CONF, composed
+
+    cfg = composed("experiment=augself_table")
+    assert cfg["method"]["name"] == "augself_linear" and cfg["protocol"] == {"name": "augself", "split": "augself",
+                                                                             "warm_refit": True}
+    assert cfg["method"]["params"] | {"penalty": None} == {"penalty": None, "max_iter": 5000, "tolerance_grad": 1e-10,
+                                                           "tolerance_change": 0.0, "history_size": 100,
+                                                           "dtype": "float32"}
+    grid = cfg["method"]["grid"]["penalty"]
+    assert grid == pytest.approx(torch.logspace(-6, 5, 45, dtype=torch.float64).tolist())
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        sweep = compose("config", overrides=["experiment=augself_table"], return_hydra_config=True).hydra.sweeper.params
+    backbones, datasets = sweep["backbone"].split(","), sweep["dataset"].split(",")
+    assert len(backbones) == 4 and all(b.startswith("augself_in100_") for b in backbones)
+    assert sorted(datasets) == sorted(["cifar10", "cifar100", "food101", "mit67", "pets", "flowers102",
+                                       "caltech101", "cars", "aircraft", "dtd", "sun397"])
+    published = reference.load(table.REFERENCE)
+    for b in backbones:  # each names its 11 published numbers
+        block = composed(f"backbone={b}")["backbone"]["published"]
+        assert (published["checkpoint"] == json.dumps(block, sort_keys=True)).sum() == 11, b
+
+
+def test_a_run_under_protocol_augself_records_its_split_and_warm_refit(tmp_path):
+    FAKES["cifar10"].write(tmp_path / "data")
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "backbone=pixels", "dataset=cifar10",
+                          "protocol=augself", "method=augself_linear", f"data_root={tmp_path / 'data'}",
+                          f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'results'}",
+                          "extract.num_workers=0", *FAKES["cifar10"].overrides, "method.grid.penalty=[0.01,1.0]",
+                          "method.params.max_iter=20"], capture_output=True, text=True, check=False,
+                         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    (path,) = (tmp_path / "results" / "runs").rglob("*.json")
+    record = json.loads(path.read_text())
+    assert record["split_rule"] == "AugSelf: random_split(trainval, [45000, 5000]) with seed 43"
+    assert record["sizes"] == {"train": 54, "val": 6, "test": 20} and record["refit"].startswith("warm")
+    assert record["method"] == "augself_linear" and record["protocol"] == "augself"
+    assert all(f["iterations"] <= 20 for c in record["curve"] for f in c["fits"])
