@@ -36,7 +36,8 @@ def predictions(record: dict) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def paired(df: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
-    """Per shown record: its 95% interval over seeds, its baseline and the paired test against it."""
+    """Per shown record: its 95% interval over seeds, its baseline, the difference to it (`paired_delta`, the
+    same as the bootstrap's observed difference) and the paired test against it (when both kept predictions)."""
     shown = [records[path] for path in df["record"]]
     ids = [identity(r) for r in shown]
     base = {}
@@ -48,13 +49,12 @@ def paired(df: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
         row = {"ci_lo": ci[0] if ci else np.nan, "ci_hi": ci[1] if ci else np.nan, "baseline": None,
                "paired_delta": np.nan, "paired_lo": np.nan, "paired_hi": np.nan, "paired_p": np.nan}
         b = base.get(i)
-        if b is not None and b is not r:
-            row["baseline"] = b["method"]
+        if b is not None and b is not r:  # Δ from the scores; the paired test needs the kept predictions
+            row |= {"baseline": b["method"], "paired_delta": np.mean(r["test"]["score"]) - np.mean(b["test"]["score"])}
             mine, theirs = predictions(r), predictions(b)
             if mine is not None and theirs is not None and np.array_equal(mine[1], theirs[1]):
                 test = stats.paired_bootstrap(mine[0], theirs[0], mine[1], metric=r["metric"])
-                row |= {"paired_delta": test["delta"], "paired_lo": test["lo"], "paired_hi": test["hi"],
-                        "paired_p": test["p"]}
+                row |= {"paired_lo": test["lo"], "paired_hi": test["hi"], "paired_p": test["p"]}
         rows.append(row)
     out = df.assign(**pd.DataFrame(rows, index=df.index))
     out["significant"] = out["paired_p"] < stats.ALPHA

@@ -42,7 +42,8 @@ def delta(df: pd.DataFrame, datasets: list[str], path: Path) -> None:
     width = 0.8 / max(1, len(series))
     for k, ((label, method, protocol), group) in enumerate(series):
         x = np.array([datasets.index(d) for d in group["dataset"]]) - 0.4 + width * (k + 0.5)
-        err = [group["paired_delta"] - group["paired_lo"], group["paired_hi"] - group["paired_delta"]]
+        err = [(group["paired_delta"] - group["paired_lo"]).fillna(0),  # no bar: the records kept no predictions
+               (group["paired_hi"] - group["paired_delta"]).fillna(0)]
         ax.errorbar(x, group["paired_delta"], yerr=err, fmt="o", capsize=3, label=f"{label} / {method} ({protocol})")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(datasets)), datasets, rotation=30 if len(datasets) > 4 else 0)

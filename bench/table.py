@@ -49,8 +49,9 @@ def cell(row, best: bool) -> str:
     half = (row["ci_hi"] - row["ci_lo"]) / 2 if pd.notna(row.get("ci_hi", float("nan"))) else None
     text = f"{row['mean']:.2f}" + (f" ± {half:.2f}" if half is not None else "")  # none for one seed
     text = (f"**{text}**" if best else text) + ("†" if row["edge"] else "")
-    if pd.notna(row.get("paired_delta", float("nan"))):  # paired by identity (bench.compare)
-        text += f" ({row['paired_delta']:+.2f}{'*' if row['significant'] else ''})"
+    if "paired_delta" in row:  # paired by identity (bench.compare)
+        if pd.notna(row["paired_delta"]):
+            text += f" ({row['paired_delta']:+.2f}{'*' if row['significant'] else ''})"
     elif row["method"] != "linear" and pd.notna(row["delta_vs_linear"]):
         text += f" ({row['delta_vs_linear']:+.2f})"
     return text

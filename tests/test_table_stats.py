@@ -120,6 +120,19 @@ def test_pairing_is_by_identity_not_by_name(tmp_path):
     assert df.loc[df.method == "sea", "paired_delta"].isna().all()
 
 
+def test_records_without_predictions_get_the_difference_but_no_test(tmp_path):
+    record(tmp_path, method="linear")
+    old = record(tmp_path, method="sea", seeds=(0, 1), accuracy=0.5)
+    path = next(p for p in (tmp_path / "runs").rglob("sea-*.json"))
+    del old["test"]["predictions"]
+    results.write(path, old)
+    by_path = {r["path"]: r for r in results.load_all(tmp_path)}
+    df = compare.paired(table.frame(list(by_path.values())), by_path).set_index("method")
+    assert df.loc["sea", "paired_delta"] == pytest.approx(df.loc["sea", "mean"] - df.loc["linear", "mean"])
+    assert np.isnan(df.loc["sea", "paired_p"]) and not df.loc["sea", "significant"]
+    table.build(tmp_path, tmp_path / "out")  # the figures too
+
+
 def test_published_rows_are_matched_and_compared(tmp_path):
     record(tmp_path, dataset="cifar10", accuracy=0.85)
     record(tmp_path, dataset="dtd", backbone="other", published=False)
