@@ -37,8 +37,8 @@ def key(backbone: Backbone, dataset: str, split: ImageList, *, amp: bool) -> str
 
 
 def extract(model: torch.nn.Module, images: ImageList, *, batch_size: int, num_workers: int,
-            device: torch.device, desc: str = "extract") -> torch.Tensor:
-    """Features [N, D] (float32, on the CPU) of every image, in order."""
+            device: torch.device, desc: str = "extract", amp: bool = True) -> torch.Tensor:
+    """Features [N, D] (float32, on the CPU) of every image, in order; float16 autocast on a GPU with `amp`."""
     cuda = device.type == "cuda"
     model = model.to(device).eval()
     if cuda:
@@ -47,7 +47,7 @@ def extract(model: torch.nn.Module, images: ImageList, *, batch_size: int, num_w
                                          pin_memory=cuda, persistent_workers=False)
     chunks = []
     try:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=cuda and amp):
             for x, _ in tqdm(loader, desc=desc, unit="batch", disable=None):
                 x = x.to(device, non_blocking=True)
                 if cuda:
@@ -77,11 +77,13 @@ def load_entry(path: Path, digest: str) -> dict | None:
 
 
 def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList, *, cache_dir: Path,
-           batch_size: int, num_workers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+           batch_size: int, num_workers: int, device: torch.device,
+           amp: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(features, labels, info) of one split, from the cache or extracted once and stored.
 
-    On a GPU extraction runs under float16 autocast: those features are cached apart from float32 ones."""
-    amp = device.type == "cuda"
+    On a GPU extraction runs under float16 autocast unless `amp` is false: those features are cached apart
+    from float32 ones."""
+    amp = amp and device.type == "cuda"
     digest = key(backbone, dataset, images, amp=amp)
     path = Path(cache_dir).expanduser() / "features" / dataset / backbone.name / f"{split_name}-{digest[:24]}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +95,7 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
             if entry is None:
                 features = extract(backbone.model, images.with_transform(backbone.transform),
                                    batch_size=batch_size, num_workers=num_workers, device=device,
-                                   desc=f"{dataset}/{split_name}")
+                                   desc=f"{dataset}/{split_name}", amp=amp)
                 entry = {"features": features, "labels": torch.tensor(images.labels), "key": digest}
                 tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
                 try:

@@ -210,6 +210,7 @@ def test_experiment_sweeps_the_four_checkpoints_over_the_eleven_datasets():
     assert cfg["method"]["params"] | {"penalty": None} == {"penalty": None, "max_iter": 5000, "tolerance_grad": 1e-10,
                                                            "tolerance_change": 0.0, "history_size": 100,
                                                            "dtype": "float32"}
+    assert cfg["extract"]["amp"] is False  # AugSelf extracts in float32
     grid = cfg["method"]["grid"]["penalty"]
     assert grid == pytest.approx(torch.logspace(-6, 5, 45, dtype=torch.float64).tolist())
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
