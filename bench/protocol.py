@@ -101,7 +101,8 @@ def reference(fit: Callable, data: Data, *, params: dict, seeds: list[int], metr
 def augself(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], seeds: list[int], metric: str,
             num_classes: int, device, split: str, warm_refit: bool, val_fraction: float = 0.1,
             split_seed: int = 0) -> dict:
-    """AugSelf's linear evaluation on the splits its loaders made (`split`): the grid on train, scored on val,
+    """AugSelf's linear evaluation on the splits its loaders made (`split`, applied by bench.cli through the
+    dataset's loader; the record's `split_rule` says which): the grid on train, scored on val,
     the first best point (AugSelf's `best_acc < acc`), refitted on train+val starting from the chosen
     point's heads when `warm_refit` and the method takes `init` (AugSelf refits its best classifier), test once."""
     if unknown := set(grid) - set(params):
@@ -115,7 +116,8 @@ def augself(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], s
     best = int(val.mean(1).argmax())  # the first maximum
     warm = warm_refit and "init" in inspect.signature(fit).parameters
     chosen_heads = slice(best * len(seeds), (best + 1) * len(seeds))
-    init = {"init": Heads(sweep.weight[chosen_heads], sweep.bias[chosen_heads])} if warm else {}
+    bias = sweep.bias[chosen_heads] if sweep.bias is not None else None
+    init = {"init": Heads(sweep.weight[chosen_heads], bias)} if warm else {}
     Xtv, ytv = (torch.cat(pair) for pair in zip(data["train"], data["val"]))
     heads = fit(Xtv, ytv, num_classes=num_classes, points=[{**params, **combos[best], "seed": s} for s in seeds],
                 device=device, **init)
@@ -123,7 +125,7 @@ def augself(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], s
     curve = [{"point": c, "val": v.mean().item(), "val_per_seed": v.tolist(),
               "fits": fits[i * len(seeds):(i + 1) * len(seeds)]} for i, (c, v) in enumerate(zip(combos, val))]
     return {"chosen": combos[best], "edge": edges(grid, combos[best]), "params": {**params, **combos[best]},
-            "curve": curve, "test": test_scores(heads, *data["test"], metric), "seeds": seeds, "split": split,
+            "curve": curve, "test": test_scores(heads, *data["test"], metric), "seeds": seeds,
             "refit": "warm-started from the chosen point's heads" if warm else "from the method's own start",
             "refit_fits": getattr(heads, "fits", None),
             "sizes": {name: len(data[name][1]) for name in ("train", "val", "test")}}

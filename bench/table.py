@@ -1,9 +1,11 @@
 """Records -> the comparison table: rows (backbone, method), columns the datasets + their average.
 
-A cell is the mean ± std over seeds of the dataset's metric (test split), with the difference to the
-linear probe of the same backbone in parentheses; the best mean of each column is in bold. When a
+A cell is the mean of the dataset's metric over seeds (test split) ± half of its 95% interval, with the
+difference to the linear probe of the same weights, splits and protocol in parentheses, starred where the
+paired test says it is real (bench.compare, bench.stats); the best mean of each column is in bold. When a
 cell has several records (e.g. a narrowed grid, then the full one), the newest is used and the CSV
-names the record each number comes from.
+names the record each number comes from. Published rows (bench.reference), a cost column, LaTeX
+(bench.latex) and figures (bench.plots) come with it.
 """
 
 from __future__ import annotations
