@@ -47,16 +47,15 @@ def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, y: np.ndarray, *, m
     """Method a minus method b on the same test examples. pred_a [Sa, N] and pred_b [Sb, N] hold each
     seed's predicted classes; y [N] the labels. Returns the observed delta, its percentile interval and p."""
     y = np.asarray(y)
-    correct_a = (np.asarray(pred_a) == y).mean(0)  # seed-averaged correctness per example
-    correct_b = (np.asarray(pred_b) == y).mean(0)
+    # seed-averaged correctness per example, a minus b: both metrics are linear in it (with the class
+    # counts of the same resample), so the metric of the difference is the difference of the metrics
+    diff = (np.asarray(pred_a) == y).mean(0) - (np.asarray(pred_b) == y).mean(0)
     num_classes = int(y.max()) + 1
-    observed = metric_of(correct_a[None], y[None], metric, num_classes)[0] - \
-        metric_of(correct_b[None], y[None], metric, num_classes)[0]
+    observed = metric_of(diff[None], y[None], metric, num_classes)[0]
     rng, deltas = np.random.default_rng(seed), []
     for start in range(0, resamples, chunk):
-        idx = rng.integers(0, len(y), (min(chunk, resamples - start), len(y)))
-        deltas.append(metric_of(correct_a[idx], y[idx], metric, num_classes)
-                      - metric_of(correct_b[idx], y[idx], metric, num_classes))
+        idx = rng.integers(0, len(y), (min(chunk, resamples - start), len(y)), dtype=np.int32)
+        deltas.append(metric_of(diff[idx], y[idx], metric, num_classes))
     deltas = np.concatenate(deltas)
     lo, hi = np.percentile(deltas, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
     p = min(1.0, 2 * min((deltas <= 0).mean(), (deltas >= 0).mean()))
