@@ -95,7 +95,7 @@ def val_curves(df: pd.DataFrame, records: dict[str, dict], path: Path) -> None:
                 ax.set_xscale("log")
         ax.set_title(method)
         ax.set_ylabel("val score")
-        if ax.lines:
+        if 0 < len(ax.lines) <= 12:  # beyond a dozen lines a legend hides the plot
             ax.legend(fontsize=6, loc="best")
     save(fig, path)
 

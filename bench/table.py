@@ -117,7 +117,7 @@ def build(results_dir: Path, out_dir: Path, *, backbone: list[str] | None = None
     text = markdown(df, published, tests)
     long = pd.concat([df, published], ignore_index=True) if len(published) else df
     for name, content in [("table.md", text + "\n"), ("table.csv", long.to_csv(index=False)),
-                          ("table.tex", latex.render(df, published, datasets, ROW))]:
+                          ("table.tex", latex.render(df, published, datasets, ROW, notes.costs(df, ROW)))]:
         results.write_text(out_dir / name, content)
     if figures:
         plots.write_all(df, by_path, datasets, out_dir)

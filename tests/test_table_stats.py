@@ -186,7 +186,7 @@ def test_latex_is_well_formed_with_one_row_per_record_set(tmp_path):
     rows = [line for line in body.splitlines() if line.endswith("\\\\")]
     assert len(rows) == 3 + 1  # three record sets, one published checkpoint
     cells = [re.sub(r"\\&", "", line).count("&") + 1 for line in rows]
-    assert cells == [6] * 4  # label, method, protocol, 2 datasets, average
+    assert cells == [7] * 4  # label, method, protocol, 2 datasets, average, cost
     assert sum("\\textcolor{gray}" in line for line in rows) == 1 and "\\textbf{" in body
     assert "B\\_2\\%\\&" in body  # the label, escaped
 
