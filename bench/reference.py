@@ -21,6 +21,7 @@ from bench.compare import BASELINES
 log = logging.getLogger(__name__)
 
 PROTOCOL_PREFERENCE = ("augself", "selection", "reference")  # which of our probes a published number meets
+COLUMNS = ["source", "cite", "short", "checkpoint", "dataset", "published"]
 
 
 def load(reference_dir: Path) -> pd.DataFrame:
@@ -28,7 +29,7 @@ def load(reference_dir: Path) -> pd.DataFrame:
     reference_dir = Path(reference_dir)
     sources_file = reference_dir / "sources.yaml"
     if not sources_file.is_file():
-        return pd.DataFrame(columns=["source", "cite", "short", "checkpoint", "dataset", "published"])
+        return pd.DataFrame(columns=COLUMNS)
     try:
         sources = yaml.safe_load(sources_file.read_text()) or {}
     except yaml.YAMLError as err:
@@ -48,7 +49,7 @@ def load(reference_dir: Path) -> pd.DataFrame:
             "checkpoint": [json.dumps({"source": csv.stem} | {c: row[c] for c in spec["match"]}, sort_keys=True)
                            for _, row in table.iterrows()],
             "dataset": table["dataset"], "published": table[spec["value"]].astype(float)}))
-    return pd.concat(frames, ignore_index=True) if frames else load(reference_dir / "-none-")
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
 def checkpoint_of(record: dict) -> str | None:
