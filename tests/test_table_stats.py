@@ -214,3 +214,17 @@ def test_cli_filters_and_figures(tmp_path):
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("delta.png", "cost_gain.png", "val_curves.png"))
     bad = run("--backbone", "nope")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no record has backbone nope" in bad.stderr
+
+
+def test_reference_folders_without_sources_or_with_bad_ones(tmp_path):
+    record(tmp_path)
+    (tmp_path / "ref").mkdir()
+    text = table.build(tmp_path, tmp_path / "out", figures=False, reference_dir=tmp_path / "ref")
+    assert "| published" not in text
+    (tmp_path / "ref" / "sources.yaml").write_text("x: [unclosed")
+    with pytest.raises(UserError, match="cannot parse"):
+        table.build(tmp_path, tmp_path / "out", figures=False, reference_dir=tmp_path / "ref")
+    (tmp_path / "ref" / "sources.yaml").write_text("t:\n  cite: c\n  short: s\n  match: [arch]\n  value: acc\n")
+    (tmp_path / "ref" / "t.csv").write_text("arch,dataset\nresnet50,cifar10\n")
+    with pytest.raises(UserError, match="lacks the columns acc"):
+        table.build(tmp_path, tmp_path / "out", figures=False, reference_dir=tmp_path / "ref")
