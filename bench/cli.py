@@ -220,7 +220,10 @@ def run_job(cfg) -> None:
         from bench import job  # torch, timm ...: seconds of imports, after the checks
 
         try:
-            dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve())
+            from bench.data.augself import loader_options
+
+            extra = loader_options(config["dataset"], config["protocol"].get("split", "canonical"))
+            dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve(), **extra)
         except InstantiationException as err:  # Hydra wraps the loader's own errors
             raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
         with temps.faults_as_sentences():

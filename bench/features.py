@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 VERSION = 1  # bump when extraction itself changes (pooling, dtype ...): it is part of every key
 
 
-def amp(device: torch.device) -> bool:
-    """Extraction runs under float16 autocast on a GPU (DESIGN section 2), in float32 elsewhere."""
-    return torch.device(device).type == "cuda"
+def uses_amp(device: torch.device, amp: bool = True) -> bool:
+    """Extraction runs under float16 autocast on a GPU (DESIGN section 2) unless `amp` is false (AugSelf
+    extracts in float32), in float32 elsewhere."""
+    return amp and torch.device(device).type == "cuda"
 
 
 def key(backbone: Backbone, dataset: str, split: ImageList, *, amp: bool) -> str:
@@ -41,8 +42,8 @@ def key(backbone: Backbone, dataset: str, split: ImageList, *, amp: bool) -> str
 
 
 def extract(model: torch.nn.Module, images: ImageList, *, batch_size: int, num_workers: int,
-            device: torch.device, desc: str = "extract") -> torch.Tensor:
-    """Features [N, D] (float32, on the CPU) of every image, in order."""
+            device: torch.device, desc: str = "extract", amp: bool = True) -> torch.Tensor:
+    """Features [N, D] (float32, on the CPU) of every image, in order; float16 autocast on a GPU with `amp`."""
     cuda = device.type == "cuda"
     model = model.to(device).eval()
     if cuda:
@@ -51,7 +52,7 @@ def extract(model: torch.nn.Module, images: ImageList, *, batch_size: int, num_w
                                          pin_memory=cuda, persistent_workers=False)
     chunks = []
     try:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp(device)):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=uses_amp(device, amp)):
             for x, _ in tqdm(loader, desc=desc, unit="batch", disable=None):
                 x = x.to(device, non_blocking=True)
                 if cuda:
@@ -121,15 +122,18 @@ def write_entry(path: Path, entry: dict) -> None:
 
 
 def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList, *, cache_dir: Path,
-           batch_size: int, num_workers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+           batch_size: int, num_workers: int, device: torch.device,
+           amp: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(features, labels, info) of one split, from the cache or extracted once and stored.
 
     A damaged entry (unreadable, checksum mismatch, NaN) is removed under the lock and extracted again.
-    On a GPU extraction runs under float16 autocast: those features are cached apart from float32 ones."""
-    digest = key(backbone, dataset, images, amp=amp(device))
+    On a GPU extraction runs under float16 autocast unless `amp` is false: those features are cached apart
+    from float32 ones."""
+    amp = uses_amp(device, amp)
+    digest = key(backbone, dataset, images, amp=amp)
     path = Path(cache_dir).expanduser() / "features" / dataset / backbone.name / f"{split_name}-{digest[:24]}.pt"
     temps.make_dir(path.parent, "feature cache folder")
-    info = {"key": digest, "path": str(path), "amp_float16": amp(device)}
+    info = {"key": digest, "path": str(path), "amp_float16": amp}
     entry, _ = read_entry(path, digest)
     if entry is None:
         with lock(path):
@@ -140,7 +144,7 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
             if entry is None:
                 features = extract(backbone.model, images.with_transform(backbone.transform),
                                    batch_size=batch_size, num_workers=num_workers, device=device,
-                                   desc=f"{dataset}/{split_name}")
+                                   desc=f"{dataset}/{split_name}", amp=amp)
                 if not finite(features):  # not stored: so a NaN in the cache is damage, not the backbone
                     raise UserError(f"backbone {backbone.name} gave NaN or infinite features on "
                                     f"{dataset}/{split_name}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from bench import UserError, backbones, checks, features, protocol, results, temps
-from bench.data import FeatureSet, Task
+from bench.data import FeatureSet, Task, augself
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,19 @@ def extract_all(config: dict, backbone, task: Task, device, timings: dict) -> tu
     return data, entries
 
 
-def precision(device: torch.device) -> dict:
+def precision(device: torch.device, amp: bool = True) -> dict:
     """What the device changes in the numbers: a GPU extracts under float16 autocast, a CPU in float32, and
     each method picks its fitting precision from the device type and the problem's size (bench.methods.linear:
-    float32 on a GPU), so the device type, with the data the signature also covers, decides every precision."""
-    return {"device": device.type, "extract": "float16 autocast" if features.amp(device) else "float32"}
+    float32 on a GPU), so the device type, with the data the signature also covers, decides every precision.
+    `amp` false (extract.amp) extracts in float32 on a GPU too."""
+    return {"device": device.type, "extract": "float16 autocast" if features.uses_amp(device, amp) else "float32"}
 
 
 def identity(config: dict, dataset_name: str, splits: dict, weights_sha256: str | None,
              device: torch.device) -> tuple[str, Path]:
     """(signature, record path) of a run: its configs, split fingerprints, weights and device precision."""
-    sig = results.signature(config, {**splits, "weights": weights_sha256}, precision(device))
+    sig = results.signature(config, {**splits, "weights": weights_sha256},
+                            precision(device, config["extract"].get("amp", True)))
     path = results.path_for(config["results_dir"], dataset=dataset_name, backbone=config["backbone"]["name"],
                             method=config["method"]["name"], protocol=config["protocol"]["name"], sig=sig)
     return sig, path
@@ -114,7 +116,7 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
         extract_all(config, backbone, dataset, device, timings)
     seeds = list(range(config["seeds"])) if method["stochastic"] else [0]
     options = {k: v for k, v in prot.items() if k != "name"}
-    if prot["name"] == "selection":
+    if prot["name"] in ("selection", "augself"):
         options["grid"] = method["grid"]
     with timed(timings, "fit"):
         outcome = protocol.PROTOCOLS[prot["name"]](
@@ -125,7 +127,9 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
               "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
               "backbone_overrides": list(backbone_overrides), "num_classes": num_classes, "splits": splits,
               "features": entries, **weights, **outcome, "warnings": list(dataset.warnings),
-              "timings": timings, "device": str(device), "precision": precision(device),
+              "split_rule": augself.rule(dataset.name) if prot.get("split") == "augself" else "canonical",
+              "timings": timings, "device": str(device),
+              "precision": precision(device, config["extract"].get("amp", True)),
               "provenance": results.provenance(device),
               "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}  # orders a cell's records
     results.write(path, record)

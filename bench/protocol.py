@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench import UserError
+from bench import UserError, results
 from bench.data.splits import carve
 from bench.methods import Heads
 from bench.metrics import mean_per_class, score, top1
@@ -49,10 +49,12 @@ def edges(grid: dict[str, list], chosen: dict) -> dict[str, str]:
     return flags
 
 
-def test_scores(heads, X, y, metric: str) -> dict[str, list[float]]:
+def test_scores(heads, X, y, metric: str) -> dict[str, list]:
+    """The scores per seed, and the test predictions per seed and labels (packed) for paired tests."""
     pred = heads.predict(X)
     return {"score": [score(metric, p, y) for p in pred], "top1": [top1(p, y) for p in pred],
-            "mean_per_class": [mean_per_class(p, y) for p in pred]}
+            "mean_per_class": [mean_per_class(p, y) for p in pred],
+            "predictions": [results.pack(p) for p in pred], "labels": results.pack(y)}
 
 
 def fits(heads, rows) -> list[dict] | None:
@@ -135,4 +137,37 @@ def reference(fit: Callable, data: Data, *, params: dict, seeds: list[int], metr
             "sizes": {"train": len(data["train"][1]), "test": len(data["test"][1])}}
 
 
-PROTOCOLS = {"selection": select, "reference": reference}
+def augself(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], seeds: list[int], metric: str,
+            num_classes: int, device, split: str, warm_refit: bool, val_fraction: float = 0.1,
+            split_seed: int = 0) -> dict:
+    """AugSelf's linear evaluation on the splits its loaders made (`split`, applied by bench.cli through the
+    dataset's loader; the record's `split_rule` says which): the grid on train, scored on val,
+    the first best point (AugSelf's `best_acc < acc`), refitted on train+val starting from the chosen
+    point's heads when `warm_refit` and the method takes `init` (AugSelf refits its best classifier), test once."""
+    if unknown := set(grid) - set(params):
+        raise UserError(f"grid keys {sorted(unknown)} are not hyperparameters of this method; known: {sorted(params)}")
+    data = with_val(data, val_fraction=val_fraction, split_seed=split_seed)
+    combos = grid_points(grid)
+    sweep = fit(*data["train"], num_classes=num_classes, points=[{**params, **c, "seed": s} for c in combos
+                                                                  for s in seeds], device=device)
+    val = torch.tensor([score(metric, p, data["val"][1]) for p in sweep.predict(data["val"][0])])
+    val = val.view(len(combos), len(seeds))
+    best = int(val.mean(1).argmax())  # the first maximum
+    warm = warm_refit and "init" in inspect.signature(fit).parameters
+    chosen_heads = slice(best * len(seeds), (best + 1) * len(seeds))
+    bias = sweep.bias[chosen_heads] if sweep.bias is not None else None
+    init = {"init": Heads(sweep.weight[chosen_heads], bias)} if warm else {}
+    Xtv, ytv = (torch.cat(pair) for pair in zip(data["train"], data["val"]))
+    heads = fit(Xtv, ytv, num_classes=num_classes, points=[{**params, **combos[best], "seed": s} for s in seeds],
+                device=device, **init)
+    fits = getattr(sweep, "fits", None) or [None] * len(combos) * len(seeds)
+    curve = [{"point": c, "val": v.mean().item(), "val_per_seed": v.tolist(),
+              "fits": fits[i * len(seeds):(i + 1) * len(seeds)]} for i, (c, v) in enumerate(zip(combos, val))]
+    return {"chosen": combos[best], "edge": edges(grid, combos[best]), "params": {**params, **combos[best]},
+            "curve": curve, "test": test_scores(heads, *data["test"], metric), "seeds": seeds,
+            "refit": "warm-started from the chosen point's heads" if warm else "from the method's own start",
+            "refit_fits": getattr(heads, "fits", None),
+            "sizes": {name: len(data[name][1]) for name in ("train", "val", "test")}}
+
+
+PROTOCOLS = {"selection": select, "reference": reference, "augself": augself}

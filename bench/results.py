@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -11,6 +12,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench import temps
@@ -33,6 +35,23 @@ def signature(config: dict, splits: dict[str, str], precision: dict) -> str:
 
 def path_for(results_dir: Path, *, dataset: str, backbone: str, method: str, protocol: str, sig: str) -> Path:
     return Path(results_dir) / "runs" / dataset / backbone / f"{method}-{protocol}-{sig[:12]}.json"
+
+
+def pack(values) -> str:
+    """Integers 0..65535 (predicted classes, labels) as "u2:" + base64 of little-endian uint16: 2 bytes
+    (2.7 characters) an example, so a record can keep every seed's test predictions."""
+    array = np.asarray(values, dtype=np.int64)
+    if array.size and (array.min() < 0 or array.max() > 65535):
+        raise ValueError("pack holds class indices 0..65535")
+    return "u2:" + base64.b64encode(array.astype("<u2").tobytes()).decode("ascii")
+
+
+def unpack(text: str) -> np.ndarray:
+    """The int64 array `pack` stored."""
+    kind, _, data = text.partition(":")
+    if kind != "u2":
+        raise ValueError(f"unknown packed array kind {kind!r}")
+    return np.frombuffer(base64.b64decode(data), dtype="<u2").astype(np.int64)
 
 
 def write_text(path: Path, text: str, what: str = "") -> None:

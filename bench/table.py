@@ -1,11 +1,13 @@
 """Records -> the comparison table: rows (backbone, method), columns the datasets + their average.
 
-A cell is the mean ± std over seeds of the dataset's metric (test split), with the difference to the
-linear probe of the same weights, data, protocol version and precision in parentheses (where there is no
-such record, no difference, and a note under the table says why); the best mean of each column is in
-bold. Rows are backbone identities (weights' hash, preprocessing, overrides), never display names. When
-a cell has several records (e.g. a narrowed grid, then the full one), the newest is used and the CSV
-names the record each number comes from.
+A cell is the mean of the dataset's metric over seeds (test split) ± half of its 95% interval, with the
+difference to the linear probe of the same weights, data, protocol version and precision (its exact
+partner; where there is none, no difference, and a note under the table says why) in parentheses, starred
+where the paired test says it is real (bench.compare, bench.stats); the best mean of each column is in
+bold. Rows are backbone identities (weights' hash, preprocessing, overrides), never display names. When a
+cell has several records (e.g. a narrowed grid, then the full one), the newest is used and the CSV names
+the record each number comes from. Published rows (bench.reference), a cost column, LaTeX (bench.latex)
+and figures (bench.plots) come with it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import UserError, results, temps
+from bench import UserError, compare, latex, notes, plots, reference, results, temps
 
 log = logging.getLogger(__name__)
 
@@ -63,32 +65,36 @@ def same(a, b) -> bool:
     return (pd.isna(a) and pd.isna(b)) if pd.isna(a) or pd.isna(b) else a == b
 
 
-def linear_partner(df: pd.DataFrame, row) -> tuple[float | None, str]:
-    """(the exact partner's mean, "") or (None, why there is none) for a non-linear row."""
-    cell = (df.method == "linear") & (df.protocol == row["protocol"]) & (df.dataset == row["dataset"])
-    mine = df[cell & (df.row == row["row"])]
-    if mine.empty:
-        if (cell & (df.backbone == row["backbone"])).any():
-            return None, (f"the linear probe of backbone {row['backbone']!r} ran with other weights, "
-                          f"preprocessing or data (another row)")
-        return None, "no linear probe record of this backbone, dataset and protocol"
-    partner = mine.iloc[0]
-    differ = [k for k in PAIR if not same(partner[k], row[k])]
-    if differ:
-        return None, f"its linear probe's record differs in {', '.join(differ)}"
-    return partner["mean"], ""
+def partner(df: pd.DataFrame, row) -> tuple[int | None, str]:
+    """(the index of the row's exact baseline partner, "") or (None, why there is none), for a row that is
+    not itself a baseline: the probe (`compare.BASELINES`, in order) of the same backbone identity,
+    protocol and dataset whose record agrees on every `PAIR` fact."""
+    same_cell = (df.protocol == row["protocol"]) & (df.dataset == row["dataset"])
+    for method in compare.BASELINES:
+        mine = df[same_cell & (df.method == method) & (df.row == row["row"])]
+        if mine.empty:
+            continue
+        differ = [k for k in PAIR if not same(mine.iloc[0][k], row[k])]
+        if differ:
+            return None, f"its {method} probe's record differs in {', '.join(differ)}"
+        return mine.index[0], ""
+    if (same_cell & df.method.isin(compare.BASELINES) & (df.backbone == row["backbone"])).any():
+        return None, (f"the linear probe of backbone {row['backbone']!r} ran with other weights, "
+                      f"preprocessing or data (another row)")
+    return None, "no linear probe record of this backbone, dataset and protocol"
 
 
-def deltas(df: pd.DataFrame) -> tuple[pd.Series, list[str]]:
-    """Δ vs the exact linear partner for every non-linear row, and one note per row that has none."""
-    delta, notes = pd.Series(float("nan"), index=df.index), []
-    for i, row in df[df.method != "linear"].iterrows():
-        mean, why = linear_partner(df, row)
-        if mean is None:
+def deltas(df: pd.DataFrame) -> tuple[pd.Series, pd.Series, list[str]]:
+    """Δ vs the exact baseline partner and that partner's record, for every row that is not a baseline,
+    and one note per row that has none."""
+    delta, partners, notes = pd.Series(float("nan"), index=df.index), pd.Series(None, index=df.index, dtype=object), []
+    for i, row in df[~df.method.isin(compare.BASELINES)].iterrows():
+        j, why = partner(df, row)
+        if j is None:
             notes.append(f"{row['label']} / {row['method']} / {row['protocol']} / {row['dataset']}: {why}")
         else:
-            delta[i] = round(row["mean"] - mean, 4)
-    return delta, notes
+            delta[i], partners[i] = round(row["mean"] - df.at[j, "mean"], 4), df.at[j, "record"]
+    return delta, partners, notes
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
@@ -108,62 +114,114 @@ def frame(records: list[dict]) -> pd.DataFrame:
         log.warning("%s / %s / %s / %s has %d records (other grids or settings); the table shows the newest, %s",
                     row.label, row.method, row.protocol, row.dataset, row.records, row.record)
     df = df.drop_duplicates(ROW + ["dataset"], keep="last").reset_index(drop=True)
-    df["delta_vs_linear"], notes = deltas(df)
+    df["delta_vs_linear"], df["partner"], notes = deltas(df)
     df.attrs["notes"] = notes
     return df
 
 
 def cell(row, best: bool) -> str:
-    text = f"{row['mean']:.2f}" + (f" ± {row['std']:.2f}" if row["seeds"] > 1 else "")
+    half = (row["ci_hi"] - row["ci_lo"]) / 2 if pd.notna(row.get("ci_hi", float("nan"))) else None
+    text = f"{row['mean']:.2f}" + (f" ± {half:.2f}" if half is not None else "")  # none for one seed
     text = (f"**{text}**" if best else text) + ("†" if row["edge"] else "") + ("‡" if row["max_iter_hit"] else "")
-    if row["method"] != "linear" and pd.notna(row["delta_vs_linear"]):
+    if "paired_delta" in row:  # paired by identity (bench.compare)
+        if pd.notna(row["paired_delta"]):
+            text += f" ({row['paired_delta']:+.2f}{'*' if row['significant'] else ''})"
+    elif row["method"] != "linear" and pd.notna(row["delta_vs_linear"]):
         text += f" ({row['delta_vs_linear']:+.2f})"
     return text
 
 
-def markdown(df: pd.DataFrame) -> str:
-    datasets = [d for d in ORDER if d in set(df.dataset)] + sorted(set(df.dataset) - set(ORDER))
+def columns(df: pd.DataFrame) -> list[str]:
+    return [d for d in ORDER if d in set(df.dataset)] + sorted(set(df.dataset) - set(ORDER))
+
+
+def markdown(df: pd.DataFrame, published: pd.DataFrame | None = None, tests: pd.DataFrame | None = None) -> str:
+    datasets = columns(df)
     best = df.groupby("dataset")["mean"].transform("max") == df["mean"]
     wide, labels = {}, dict(zip(df.row, df.label))
     for i, row in df.iterrows():
         wide.setdefault(tuple(row[ROW]), {})[row["dataset"]] = cell(row, best[i])
     means = df.groupby(ROW)["mean"].agg(["mean", "count"])
+    costs = notes.costs(df, ROW) if "fit_s" in df and "extract_s" in df else {}
     lines = []
     for key, cells in sorted(wide.items(), key=lambda item: (labels[item[0][0]], *item[0][1:])):
         avg, count = means.loc[key]
         average = f"{avg:.2f}" + ("" if count == len(datasets) else f" ({int(count)}/{len(datasets)})")
         shown = {"backbone": labels[key[0]], "method": key[1], "protocol": key[2]}
-        lines.append(shown | {d: cells.get(d, "–") for d in datasets} | {"average": average})
+        lines.append(shown | {d: cells.get(d, "–") for d in datasets} | {"average": average}
+                     | ({"cost s": costs.get(key, "–")} if costs else {}))
+    lines += notes.published_lines(published, datasets) if published is not None else []
     metrics = df.groupby("dataset")["metric"].first()
     note = ", ".join(f"{d}: {metrics[d]}" for d in datasets)
-    return (pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
-            + f"\n\nTest split, mean ± std over seeds, (Δ vs the linear probe of the same weights, data, protocol"
-            f" version and precision); † the val split chose a value on the edge of its grid; ‡ a fit behind the number"
-            f" stopped at its iteration limit (the record's max_iter_hit). Metric per dataset: {note}." + notes(df.attrs.get("notes", [])))
+    return (pd.DataFrame(lines).fillna("").to_markdown(index=False, disable_numparse=True)
+            + f"\n\nTest split. Metric per dataset: {note}.\n" + notes.legend(df, published, tests)
+            + partner_notes(df.attrs.get("notes", [])))
 
 
-def notes(lines: list[str]) -> str:
+def partner_notes(lines: list[str]) -> str:
     if not lines:
         return ""
     return "\n\nNo Δ where no linear probe record is an exact partner:\n" + "".join(f"\n- {n}" for n in lines)
 
 
-def build(results_dir: Path, out_dir: Path) -> str:
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"  # the committed published numbers
+
+
+def narrow(records: list[dict], **wanted: list[str] | None) -> list[dict]:
+    """The records whose backbone / method / dataset is among the wanted ones (None: any); one sentence for
+    a name no record has."""
+    for field, names in wanted.items():
+        if names:
+            known = sorted({r[field] for r in records})
+            if unknown := sorted(set(names) - set(known)):
+                raise UserError(f"no record has {field} {', '.join(unknown)}; the records have: {', '.join(known)}")
+            records = [r for r in records if r[field] in names]
+    return records
+
+
+def build(results_dir: Path, out_dir: Path, *, backbone: list[str] | None = None, method: list[str] | None = None,
+          dataset: list[str] | None = None, reference_dir: Path = REFERENCE, all_published: bool = False,
+          figures: bool = True) -> str:
     temps.check_writable(out_dir, "table folder")  # before the work, however small
-    records = results.load_all(results_dir)
-    if not records:
+    every = results.load_all(results_dir)
+    if not every:
         raise UserError(f"no run records under {Path(results_dir) / 'runs'}: run `seabench run ...` first")
-    df = frame(records)
-    text = markdown(df)
-    for name, content in [("table.md", text + "\n"), ("table.csv", df.to_csv(index=False))]:
+    chosen = narrow(every, backbone=backbone, method=method, dataset=dataset)
+    by_path = {r["path"]: r for r in chosen}
+    df = compare.cost(compare.paired(frame(chosen), by_path), by_path, every)
+    datasets = columns(df)
+    published = reference.rows(reference.load(reference_dir), df, by_path, datasets=datasets,
+                               everything=all_published)
+    tests = compare.wilcoxon(df)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = markdown(df, published, tests)
+    long = pd.concat([df, published], ignore_index=True) if len(published) else df
+    for name, content in [("table.md", text + "\n"), ("table.csv", long.to_csv(index=False)),
+                          ("table.tex", latex.render(df, published, datasets, ROW, notes.costs(df, ROW)))]:
         results.write_text(out_dir / name, content, "table")
+    if figures:
+        plots.write_all(df, by_path, datasets, out_dir)
     return text
+
+
+def names(value: str) -> list[str]:
+    return [v for v in value.split(",") if v]
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="seabench table", description="Build the comparison table.")
     parser.add_argument("--results-dir", type=Path, default=Path("results"), help="where the records are")
-    parser.add_argument("--out-dir", type=Path, default=None, help="where table.md/.csv go (default: results dir)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where table.md/.csv/.tex and the PNG figures go (default: results dir)")
+    for field in ("backbone", "method", "dataset"):
+        parser.add_argument(f"--{field}", type=names, action="extend", default=None,
+                            help=f"only these {field}s (config names; repeat or comma-separate)")
+    parser.add_argument("--reference-dir", type=Path, default=REFERENCE, help="published numbers (*.csv)")
+    parser.add_argument("--all-published", action="store_true",
+                        help="show every published row, also those of backbones without runs")
+    parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNG figures")
     args = parser.parse_args(argv)
-    print(build(args.results_dir, args.out_dir or args.results_dir))
+    print(build(args.results_dir, args.out_dir or args.results_dir, backbone=args.backbone, method=args.method,
+                dataset=args.dataset, reference_dir=args.reference_dir, all_published=args.all_published,
+                figures=args.figures))
     return 0

@@ -50,7 +50,7 @@ def test_a_gpu_run_is_not_skipped_for_a_cpu_record(tmp_path, monkeypatch):
     assert json.loads(first.read_text())["precision"] == {"device": "cpu", "extract": "float32"}
     assert job.run(cfg, features()) is None  # the same cell on the same device: skipped
     gpu = {"device": "cuda", "extract": "float16 autocast"}
-    monkeypatch.setattr(job, "precision", lambda device: gpu)  # the device facts of a GPU run, faked
+    monkeypatch.setattr(job, "precision", lambda device, amp=True: gpu)  # the device facts of a GPU run, faked
     second = job.run(cfg, features())
     assert second is not None and second != first and json.loads(second.read_text())["precision"] == gpu
     df = table.frame(results.load_all(tmp_path / "results"))

@@ -45,12 +45,13 @@ def build(root: Path) -> tuple[str, dict]:
     return text, rows
 
 
-def test_delta_and_std_against_the_exact_partner(tmp_path):
+def test_delta_and_interval_against_the_exact_partner(tmp_path):
     record(tmp_path, scores=(90.0,))
     record(tmp_path, method="sea", scores=(91.0, 93.0, 95.0))
     text, rows = build(tmp_path)
     assert rows[("pixels", "linear")]["digits"] == "90.00"
-    assert rows[("pixels", "sea")]["digits"] == "**93.00 ± 2.00** (+3.00)"  # sample std of 91, 93, 95
+    # 95% Student-t half-width of 91, 93, 95: t(0.975, 2) * 2 / sqrt(3) = 4.303 * 1.155 = 4.97
+    assert rows[("pixels", "sea")]["digits"] == "**93.00 ± 4.97** (+3.00)"
     assert "No Δ" not in text
     csv = pd.read_csv(tmp_path / "table.csv").set_index("method")
     assert csv.loc["sea", "delta_vs_linear"] == 3.0 and pd.isna(csv.loc["linear", "delta_vs_linear"])

@@ -44,7 +44,7 @@ def config(name: str, **override) -> dict:
 def test_every_config_is_a_complete_entry(name):
     cfg = config(name)
     assert cfg["name"] == name or name == "timm"
-    assert not set(cfg) - set(inspect.signature(backbones.create).parameters) - {"label", "method", "paper"}
+    assert not set(cfg) - set(inspect.signature(backbones.create).parameters) - {"label", "method", "paper", "published"}
     assert {"resize", "crop", "interpolation", "mean", "std"} <= set(cfg["preprocess"])
     if cfg["source"] == "checkpoint" and name != "local":
         assert cfg["layout"] in layouts.KNOWN and cfg["file"] and cfg["paper"] and cfg["method"]

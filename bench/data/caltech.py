@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from bench import UserError
-from bench.data import checks
+from bench.data import augself, checks
 from bench.data.download import Resource
 
 FOLDERS = {"caltech101": "caltech101"}
@@ -44,7 +44,10 @@ def listing(images: Path) -> tuple[list[str], list[str], list[int]]:
     return classes, items, labels
 
 
-def load(*, root, train_per_class: int, val_per_class: int, seed: int, strict: bool = True):
+def load(*, root, train_per_class: int, val_per_class: int, seed: int, strict: bool = True,
+         split: str = "canonical"):
+    """`split="augself"`: AugSelf's fixed indices into torchvision's Caltech101 order (bench.data.augself)."""
+    augself.check(split)
     base = checks.folder(root, FOLDERS["caltech101"], "caltech101")
     images = base / "101_ObjectCategories"
     if not images.is_dir():
@@ -53,6 +56,8 @@ def load(*, root, train_per_class: int, val_per_class: int, seed: int, strict: b
     classes, items, labels = listing(images)
     found = {"classes": len(classes), "images": len(items)}
     checks.counts("caltech101", base, found, EXPECTED["caltech101"] if strict else None)
+    if split == "augself":  # torchvision's order: classes sorted, then image_0001.jpg, image_0002.jpg, ...
+        return augself.task("caltech101", base, classes, (items, labels), None, strict=strict)
     test, trainval = checks.split_off(items, labels, name="caltech101", seed=seed,
                                       per_class=train_per_class + val_per_class)
     train, val = checks.split_off([items[i] for i in trainval], [labels[i] for i in trainval],

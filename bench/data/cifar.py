@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from bench import UserError
-from bench.data import checks
+from bench.data import augself, checks
 from bench.data.download import Resource
 
 # variant -> (folder, train files, test file, meta file, label key, class-name key); torchvision's layout
@@ -66,7 +66,9 @@ def image(folder: str, variant: str, item: str) -> Image.Image:
     return Image.fromarray(arrays(folder, variant, split)[0][int(index)], mode="RGB")
 
 
-def load(*, root, variant: str, val_per_class: int, seed: int, strict: bool = True):
+def load(*, root, variant: str, val_per_class: int, seed: int, strict: bool = True, split: str = "canonical"):
+    """`split="augself"`: AugSelf's random_split of the official train set (bench.data.augself)."""
+    augself.check(split)
     if variant not in VARIANTS:
         raise UserError(f"unknown CIFAR variant {variant!r}; known: {', '.join(VARIANTS)}")
     subfolder, train_files, test_file, meta_file, _, names_key = VARIANTS[variant]
@@ -79,5 +81,7 @@ def load(*, root, variant: str, val_per_class: int, seed: int, strict: bool = Tr
     train_items = [f"train/{i}" for i in range(found["train"])]
     test = ([f"test/{i}" for i in range(found["test"])], parts["test"][1])
     read = functools.partial(image, str(base), variant)
+    if split == "augself":  # the training batches' order, as torchvision's CIFAR reads them
+        return augself.task(variant, base, classes, (train_items, parts["train"][1]), test, strict=strict, read=read)
     return checks.carve_val(variant, base, classes, (train_items, parts["train"][1]), test,
                             seed=seed, per_class=val_per_class, read=read)

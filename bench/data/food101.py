@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from bench import UserError
-from bench.data import checks
+from bench.data import augself, checks
 from bench.data.download import Resource
 
 FOLDERS = {"food101": "food-101"}
@@ -37,7 +37,9 @@ def read_list(path, classes: list[str]) -> tuple[list[str], list[int]]:
     return items, [k for k, c in enumerate(classes) for _ in listing[c]]
 
 
-def load(*, root, val_per_class: int, seed: int, strict: bool = True):
+def load(*, root, val_per_class: int, seed: int, strict: bool = True, split: str = "canonical"):
+    """`split="augself"`: AugSelf's random_split of the official train list (bench.data.augself)."""
+    augself.check(split)
     base = checks.folder(root, FOLDERS["food101"], "food101")
     train_file, test_file = checks.need(base, ["meta/train.json", "meta/test.json"], "food101")
     classes = sorted(parse(train_file))  # torchvision's class order
@@ -46,4 +48,9 @@ def load(*, root, val_per_class: int, seed: int, strict: bool = True):
     checks.counts("food101", base, found, EXPECTED["food101"] if strict else None)
     for (items, _), path in ((train, train_file), (test, test_file)):
         checks.images_present(base, items, "food101", str(path))
+    if split == "augself":  # AugSelf's order: classes as meta/classes.txt lists them, then train.json's order
+        (classes_file,) = checks.need(base, ["meta/classes.txt"], "food101")
+        if checks.lines(classes_file) != classes:
+            raise UserError(f"{classes_file} lists other classes (or another order) than meta/train.json")
+        return augself.task("food101", base, classes, train, test, strict=strict)
     return checks.carve_val("food101", base, classes, train, test, seed=seed, per_class=val_per_class)

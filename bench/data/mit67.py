@@ -10,7 +10,7 @@ Val: `val_per_class` (10) per class carved from TrainImages.txt with the seeded 
 from __future__ import annotations
 
 from bench import UserError
-from bench.data import checks
+from bench.data import augself, checks
 from bench.data.download import Resource
 
 FOLDERS = {"mit67": "mit67"}
@@ -36,7 +36,9 @@ def read_list(path, classes: list[str] | None = None) -> tuple[list[str], list[i
     return [f"Images/{e}" for e in entries], [index[e.split("/")[0]] for e in entries], classes
 
 
-def load(*, root, val_per_class: int, seed: int, strict: bool = True):
+def load(*, root, val_per_class: int, seed: int, strict: bool = True, split: str = "canonical"):
+    """`split="augself"`: AugSelf's random_split of TrainImages.txt in ImageFolder's order (bench.data.augself)."""
+    augself.check(split)
     base = checks.folder(root, FOLDERS["mit67"], "mit67")
     train_file, test_file = checks.need(base, ["TrainImages.txt", "TestImages.txt"], "mit67")
     train_items, train_labels, classes = read_list(train_file)
@@ -45,5 +47,9 @@ def load(*, root, val_per_class: int, seed: int, strict: bool = True):
     checks.counts("mit67", base, found, EXPECTED["mit67"] if strict else None)
     checks.images_present(base, train_items, "mit67", str(train_file))
     checks.images_present(base, test_items, "mit67", str(test_file))
+    if split == "augself":  # torchvision ImageFolder over train/<class>/<file>: classes sorted, files sorted
+        order = sorted(range(len(train_items)), key=lambda i: tuple(train_items[i].split("/")[1:]))
+        trainval = ([train_items[i] for i in order], [train_labels[i] for i in order])
+        return augself.task("mit67", base, classes, trainval, (test_items, test_labels), strict=strict)
     return checks.carve_val("mit67", base, classes, (train_items, train_labels), (test_items, test_labels),
                             seed=seed, per_class=val_per_class)

@@ -10,7 +10,7 @@ seeded rule -> 2,940 / 740 / 3,669. Metric: mean per-class accuracy.
 from __future__ import annotations
 
 from bench import UserError
-from bench.data import checks
+from bench.data import augself, checks
 from bench.data.download import Resource
 
 FOLDERS = {"pets": "oxford-iiit-pet"}
@@ -39,7 +39,9 @@ def class_names(ids: list[str], labels: list[int]) -> list[str]:
     return [" ".join(p.title() for p in names[t].split("_")) for t in sorted(names)]
 
 
-def load(*, root, val_per_class: int, seed: int, strict: bool = True):
+def load(*, root, val_per_class: int, seed: int, strict: bool = True, split: str = "canonical"):
+    """`split="augself"`: AugSelf's random_split of trainval.txt in file order (bench.data.augself)."""
+    augself.check(split)
     base = checks.folder(root, FOLDERS["pets"], "pets")
     trainval_file, test_file = checks.need(base, ["annotations/trainval.txt", "annotations/test.txt"], "pets")
     trainval, test = read_list(trainval_file), read_list(test_file)
@@ -49,5 +51,8 @@ def load(*, root, val_per_class: int, seed: int, strict: bool = True):
     as_items = lambda ids: [f"images/{i}.jpg" for i in ids]
     checks.images_present(base, as_items(trainval[0]), "pets", str(trainval_file))
     checks.images_present(base, as_items(test[0]), "pets", str(test_file))
+    if split == "augself":
+        return augself.task("pets", base, classes, (as_items(trainval[0]), trainval[1]),
+                            (as_items(test[0]), test[1]), strict=strict)
     return checks.carve_val("pets", base, classes, (as_items(trainval[0]), trainval[1]),
                             (as_items(test[0]), test[1]), seed=seed, per_class=val_per_class)

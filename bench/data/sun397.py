@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from bench import UserError
-from bench.data import checks
+from bench.data import augself, checks
 from bench.data.download import Resource
 
 FOLDERS = {"sun397": "SUN397"}
@@ -60,7 +60,11 @@ def read_list(path: Path, index: dict[str, int]) -> tuple[list[str], list[int]]:
     return items, labels
 
 
-def load(*, root, partition: int, val_per_class: int, seed: int, strict: bool = True):
+def load(*, root, partition: int, val_per_class: int, seed: int, strict: bool = True, split: str = "canonical"):
+    """`split="augself"`: AugSelf's fixed indices into Training_01.txt's rows (bench.data.augself)."""
+    augself.check(split)
+    if split == "augself" and partition != 1:
+        raise UserError(f"AugSelf's SUN397 split is of partition 1, not {partition}")
     if not 1 <= partition <= 10:
         raise UserError(f"SUN397 has partitions 1..10, not {partition}")
     base = checks.folder(root, FOLDERS["sun397"], "sun397")
@@ -74,4 +78,6 @@ def load(*, root, partition: int, val_per_class: int, seed: int, strict: bool = 
     checks.counts("sun397", base, found, EXPECTED["sun397"] if strict else None)
     checks.images_present(base, train[0], "sun397", str(train_file))
     checks.images_present(base, test[0], "sun397", str(test_file))
+    if split == "augself":
+        return augself.task("sun397", base, classes, train, test, strict=strict)
     return checks.carve_val("sun397", base, classes, train, test, seed=seed, per_class=val_per_class)

@@ -1,0 +1,231 @@
+"""`seabench table` on hand-made records: published rows matched, intervals and paired tests against scipy and
+brute force, cost summed right, LaTeX well formed, filters."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from bench import UserError, compare, results, stats, table
+from bench.metrics import mean_per_class, top1
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = {"source": "augself_neurips2021_linear", "arch": "resnet50", "pretrain_data": "imagenet100",
+             "pretrain_method": "mocov2"}
+N, CLASSES = 400, 4
+
+
+def labels() -> np.ndarray:
+    return np.arange(N) % CLASSES
+
+
+def predictions(accuracy: float, seed: int) -> np.ndarray:
+    """Predictions right on about `accuracy` of the examples (which ones depends on the seed)."""
+    rng = np.random.default_rng(seed)
+    y = labels()
+    return np.where(rng.random(N) < accuracy, y, (y + 1) % CLASSES)
+
+
+def record(root: Path, *, backbone="augself_in100_mocov2", method="linear", dataset="cifar10", seeds=(0,),
+           accuracy=0.85, fit=2.0, hit=True, extract=(4.0, 2.0), weights="w1", metric="top1", published=True):
+    y = labels()
+    preds = [predictions(accuracy, 100 * s + hash(method) % 97) for s in seeds]
+    score = [(mean_per_class(torch.tensor(p), torch.tensor(y)) if metric == "mean_per_class"
+              else 100.0 * (p == y).mean()) for p in preds]
+    keys = {"train": f"{weights}-{dataset}-train", "test": f"{weights}-{dataset}-test"}
+    rec = {"backbone": backbone, "backbone_label": backbone.upper(), "method": method, "protocol": "augself",
+           "dataset": dataset, "metric": metric, "chosen": {}, "edge": {}, "weights_sha256": weights,
+           "splits": {"train": f"tr-{dataset}", "test": f"te-{dataset}"}, "device": "cpu",
+           "created": f"2026-01-01T00:00:{len(list(root.rglob('*.json'))):02d}+00:00",
+           "config": {"backbone": {"name": backbone, **({"published": PUBLISHED} if published else {})}},
+           "test": {"score": score, "top1": score, "predictions": [results.pack(p) for p in preds],
+                    "labels": results.pack(y)},
+           "features": {s: {"key": k, "hit": hit} for s, k in keys.items()},
+           "timings": {"fit": fit, "features_train": extract[0], "features_test": extract[1]},
+           "curve": [{"point": {"penalty": 0.1 * 10 ** k}, "val": 80.0 + k} for k in range(3)]}
+    path = root / "runs" / dataset / backbone / f"{method}-{len(list(root.rglob('*.json')))}.json"
+    results.write(path, rec)
+    return rec
+
+
+def test_pack_round_trips():
+    values = np.array([0, 3, 65535, 17])
+    assert np.array_equal(results.unpack(results.pack(values)), values)
+    with pytest.raises(ValueError):
+        results.pack([70000])
+
+
+def test_interval_is_scipy_t_interval_and_one_seed_has_none():
+    scores = [71.0, 72.5, 70.2, 73.1]
+    lo, hi = stats.interval(scores)
+    ref = sps.t.interval(0.95, len(scores) - 1, loc=np.mean(scores), scale=sps.sem(scores))
+    assert (lo, hi) == pytest.approx(ref)
+    assert stats.interval([71.0]) is None
+
+
+def test_bootstrap_statistic_is_the_metric_on_each_resample():
+    """metric_of, vectorised over resamples, equals bench.metrics on each resample taken one at a time."""
+    rng = np.random.default_rng(1)
+    y, pred = labels(), predictions(0.7, 3)
+    idx = rng.integers(0, N, (5, N))
+    for metric, fn in (("top1", top1), ("mean_per_class", mean_per_class)):
+        ours = stats.metric_of((pred == y).astype(float)[idx], y[idx], metric, CLASSES)
+        brute = [float(fn(torch.tensor(pred[i]), torch.tensor(y[i]))) for i in idx]
+        assert ours == pytest.approx(brute)
+
+
+def test_paired_bootstrap_agrees_with_scipy_bootstrap():
+    y, a, b = labels(), predictions(0.85, 1), predictions(0.80, 2)
+    ours = stats.paired_bootstrap(a[None], b[None], y, metric="top1")
+    ref = sps.bootstrap(((a == y) * 100.0, (b == y) * 100.0), lambda u, v, axis: u.mean(axis) - v.mean(axis),
+                        paired=True, vectorized=True, n_resamples=stats.RESAMPLES, confidence_level=0.95,
+                        method="percentile", random_state=np.random.default_rng(7))
+    assert ours["delta"] == pytest.approx(100.0 * ((a == y).mean() - (b == y).mean()))
+    assert ours["lo"] == pytest.approx(ref.confidence_interval.low, abs=0.6)  # Monte Carlo error of both
+    assert ours["hi"] == pytest.approx(ref.confidence_interval.high, abs=0.6)
+    same = stats.paired_bootstrap(a[None], a[None], y, metric="mean_per_class")
+    assert same["delta"] == 0 and same["p"] == 1.0
+
+
+def test_wilcoxon_is_scipy_s_on_the_per_dataset_deltas(tmp_path):
+    datasets = ["cifar10", "cifar100", "food101", "mit67", "pets", "dtd"]
+    for k, d in enumerate(datasets):
+        record(tmp_path, dataset=d)
+        record(tmp_path, dataset=d, method="sea", seeds=(0, 1, 2), accuracy=0.86 + 0.01 * k)
+    df = table.frame(results.load_all(tmp_path))
+    by_path = {r["path"]: r for r in results.load_all(tmp_path)}
+    df = compare.paired(df, by_path)
+    tests = compare.wilcoxon(df)
+    sea = df[df.method == "sea"].set_index("dataset")
+    linear = df[df.method == "linear"].set_index("dataset")
+    deltas = [sea.loc[d, "mean"] - linear.loc[d, "mean"] for d in sea.index]
+    assert sea["paired_delta"].tolist() == pytest.approx(deltas)
+    assert tests.iloc[0]["p"] == pytest.approx(sps.wilcoxon(sea["paired_delta"].tolist()).pvalue)
+    assert tests.iloc[0]["n"] == 6 and (sea["baseline"] == "linear").all()
+
+
+def test_pairing_is_by_identity_not_by_name(tmp_path):
+    record(tmp_path, method="linear", weights="w1")
+    record(tmp_path, method="sea", weights="w2", seeds=(0, 1))  # same name, other weights: no baseline
+    by_path = {r["path"]: r for r in results.load_all(tmp_path)}
+    df = compare.paired(table.frame(list(by_path.values())), by_path)
+    assert df.loc[df.method == "sea", "paired_delta"].isna().all()
+
+
+def test_records_without_predictions_get_the_difference_but_no_test(tmp_path):
+    record(tmp_path, method="linear")
+    old = record(tmp_path, method="sea", seeds=(0, 1), accuracy=0.5)
+    path = next(p for p in (tmp_path / "runs").rglob("sea-*.json"))
+    del old["test"]["predictions"]
+    results.write(path, old)
+    by_path = {r["path"]: r for r in results.load_all(tmp_path)}
+    df = compare.paired(table.frame(list(by_path.values())), by_path).set_index("method")
+    assert df.loc["sea", "paired_delta"] == pytest.approx(df.loc["sea", "mean"] - df.loc["linear", "mean"])
+    assert np.isnan(df.loc["sea", "paired_p"]) and not df.loc["sea", "significant"]
+    table.build(tmp_path, tmp_path / "out")  # the figures too
+
+
+def test_published_rows_are_matched_and_compared(tmp_path):
+    record(tmp_path, dataset="cifar10", accuracy=0.85)
+    record(tmp_path, dataset="dtd", backbone="other", published=False)
+    text = table.build(tmp_path, tmp_path / "out", figures=False)
+    ours = json.loads(next((tmp_path / "runs" / "cifar10").rglob("*.json")).read_text())["test"]["score"][0]
+    published = [line for line in text.splitlines() if "| published" in line]
+    assert len(published) == 1 and "AUGSELF_IN100_MOCOV2" in published[0]
+    assert f"84.60 [ours {ours - 84.60:+.2f}]" in published[0] and "AugSelf, NeurIPS 2021" in published[0]
+    assert "Lee et al." in text  # the citation under the table
+    everything = table.build(tmp_path, tmp_path / "out", figures=False, all_published=True)
+    assert sum("| published" in line for line in everything.splitlines()) == 8  # every checkpoint of the CSV
+
+
+def test_cost_amortises_extraction_over_the_records_sharing_it(tmp_path):
+    record(tmp_path, method="linear", hit=False, fit=2.0, extract=(6.0, 3.0))  # extracted: 9 s
+    record(tmp_path, method="sgd", hit=True, fit=5.0, extract=(0.1, 0.1))      # cache hits
+    record(tmp_path, method="sea", hit=True, fit=7.0, extract=(0.1, 0.1))
+    record(tmp_path, method="linear", dataset="dtd", hit=False, fit=1.0, extract=(4.0, 0.0), weights="w9")
+    every = results.load_all(tmp_path)
+    by_path = {r["path"]: r for r in every}
+    df = compare.cost(table.frame(every), by_path, every).set_index(["method", "dataset"])
+    assert df.loc[("sgd", "cifar10"), "extract_s"] == pytest.approx(3.0)   # 9 s over three readers
+    assert df.loc[("linear", "dtd"), "extract_s"] == pytest.approx(4.0)    # its own entries only
+    assert df["extract_s"].sum() == pytest.approx(13.0) and df["fit_s"].sum() == pytest.approx(15.0)
+    # shown alone, sea carries all 9 s, though the record that extracted is not shown
+    only = [r for r in every if r["method"] == "sea"]
+    alone = compare.cost(table.frame(only), {r["path"]: r for r in only}, every)
+    assert alone["extract_s"].tolist() == [pytest.approx(9.0)]
+    text = table.build(tmp_path, tmp_path / "out", figures=False, method=["linear"])
+    # other weights (w9) make the dtd probe another row: each row sums its own fit and extraction
+    assert "11.0 (fit 2.0)" in text and "5.0 (fit 1.0)" in text  # 2 + 9 (no other reader shown); 1 + 4
+
+
+def balanced(tex: str) -> bool:
+    depth = 0
+    for ch in re.sub(r"\\[{}]", "", tex):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def test_latex_is_well_formed_with_one_row_per_record_set(tmp_path):
+    for d in ("cifar10", "dtd"):
+        record(tmp_path, dataset=d)
+        record(tmp_path, dataset=d, method="sea_like_x", seeds=(0, 1, 2), accuracy=0.9)
+    record(tmp_path, dataset="cifar10", backbone="b_2%&", published=False)
+    table.build(tmp_path, tmp_path / "out", figures=False)
+    tex = (tmp_path / "out" / "table.tex").read_text()
+    assert balanced(tex) and tex.count("\\toprule") == tex.count("\\bottomrule") == 1
+    body = tex.split("\\midrule", 1)[1].split("\\bottomrule")[0]
+    rows = [line for line in body.splitlines() if line.endswith("\\\\")]
+    assert len(rows) == 3 + 1  # three record sets, one published checkpoint
+    cells = [re.sub(r"\\&", "", line).count("&") + 1 for line in rows]
+    assert cells == [7] * 4  # label, method, protocol, 2 datasets, average, cost
+    assert sum("\\textcolor{gray}" in line for line in rows) == 1 and "\\textbf{" in body
+    assert "B\\_2\\%\\&" in body  # the label, escaped
+
+
+def test_one_seed_shows_no_interval_and_filters_narrow(tmp_path):
+    record(tmp_path, method="linear")
+    record(tmp_path, method="sea", seeds=(0, 1, 2))
+    text = table.build(tmp_path, tmp_path / "out", figures=False)
+    linear_line = next(line for line in text.splitlines() if "| linear" in line)
+    assert "±" not in linear_line.split("|")[4]
+    assert "±" in next(line for line in text.splitlines() if "| sea" in line)
+    only = table.build(tmp_path, tmp_path / "out", figures=False, method=["sea"])
+    assert "| sea" in only and "| linear" not in only
+    with pytest.raises(UserError, match="no record has dataset nope"):
+        table.build(tmp_path, tmp_path / "out", figures=False, dataset=["nope"])
+
+
+def test_cli_filters_and_figures(tmp_path):
+    record(tmp_path, method="linear")
+    record(tmp_path, method="sea", seeds=(0, 1))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "bench", "table", "--results-dir", str(tmp_path), *a],
+                                    check=False, capture_output=True, text=True, cwd=REPO)
+    out = run("--method", "linear,sea", "--dataset", "cifar10")
+    assert out.returncode == 0, out.stderr
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("delta.png", "cost_gain.png", "val_curves.png"))
+    bad = run("--backbone", "nope")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no record has backbone nope" in bad.stderr
+
+
+def test_reference_folders_without_sources_or_with_bad_ones(tmp_path):
+    record(tmp_path)
+    (tmp_path / "ref").mkdir()
+    text = table.build(tmp_path, tmp_path / "out", figures=False, reference_dir=tmp_path / "ref")
+    assert "| published" not in text
+    (tmp_path / "ref" / "sources.yaml").write_text("x: [unclosed")
+    with pytest.raises(UserError, match="cannot parse"):
+        table.build(tmp_path, tmp_path / "out", figures=False, reference_dir=tmp_path / "ref")
+    (tmp_path / "ref" / "sources.yaml").write_text("t:\n  cite: c\n  short: s\n  match: [arch]\n  value: acc\n")
+    (tmp_path / "ref" / "t.csv").write_text("arch,dataset\nresnet50,cifar10\n")
+    with pytest.raises(UserError, match="lacks the columns acc"):
+        table.build(tmp_path, tmp_path / "out", figures=False, reference_dir=tmp_path / "ref")
