@@ -5,12 +5,16 @@
     seabench doctor                       which datasets are on disk, complete or not
     seabench data get NAME                download and verify a dataset
     seabench backbones                    the checkpoint zoo
+    seabench status [--failed] <overrides> each cell of a sweep: done / running / failed / missing
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from bench import UserError
@@ -22,6 +26,7 @@ COMMANDS = {
     "data": "bench.data.doctor:data_main",
     "doctor": "bench.data.doctor:doctor_main",
     "backbones": "bench.backbones.zoo:main",
+    "status": "bench.status:status_main",
 }
 
 
@@ -48,7 +53,6 @@ def logspace(start, stop, num) -> list[float]:
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-FAILED: list[str] = []  # the one-sentence errors of a sweep's runs: the sweep goes on, then reports them
 GROUPS = ("backbone", "dataset", "method", "protocol", "experiment")
 
 
@@ -63,41 +67,83 @@ def check_choices(argv: list[str]) -> None:
                     raise UserError(f"unknown {group} {choice!r}; known: {', '.join(known)}")
 
 
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("logspace"):
+        OmegaConf.register_new_resolver("logspace", logspace)
+
+
+def start_sweep(argv: list[str]):
+    """Before a sweep launches: its cells, counted and printed; the local launcher's jobs share the cores."""
+    from bench import allocation, status
+
+    sweep = status.expand([a for a in argv if a not in ("-m", "--multirun")])
+    done = sum(state == "done" for state, _ in status.states(sweep))
+    print(f"sweep: {len(sweep.configs)} cells, {done} done, {len(sweep.configs) - done} to run", flush=True)
+    if sweep.launcher.endswith("LocalLauncher"):  # submitit's local executor: `batch` processes at once
+        os.environ[allocation.PARALLEL_ENV] = str(min(sweep.batch or len(sweep.configs), len(sweep.configs)))
+    return sweep
+
+
 def run_main(argv: list[str]) -> int:
     """Hand the overrides to Hydra: `seabench run [-m] key=value ...`."""
     import hydra
-    from omegaconf import OmegaConf
+
+    from bench import status
 
     check_choices(argv)
-    if not OmegaConf.has_resolver("logspace"):
-        OmegaConf.register_new_resolver("logspace", logspace)
+    register_resolvers()
+    sweep = start_sweep(argv) if {"-m", "--multirun"} & set(argv) else None
     task = hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(run_job)
     sys.argv = ["seabench run", *argv]
-    FAILED.clear()
-    task()
-    if FAILED:
-        raise UserError(f"{len(FAILED)} run(s) of the sweep failed (the others finished): {'; '.join(FAILED)}")
+    try:
+        task()
+    finally:  # also when Hydra exits: a job that died under submitit raises in its launcher
+        if sweep is not None:
+            status.report(sweep)
     return 0
 
 
 def run_job(cfg) -> None:
+    """One cell, in whichever process the launcher gives it. In a sweep, a failure is written beside the
+    cell's record path (its reason) and the sweep goes on: `run_main` reports every failed cell at the end."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import InstantiationException
     from hydra.types import RunMode
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from bench import job
+    from bench import cells
 
+    config = OmegaConf.to_container(cfg, resolve=True)
+    hydra = HydraConfig.get()
+    sweep = hydra.mode == RunMode.MULTIRUN
     try:
-        config = OmegaConf.to_container(cfg, resolve=True)
-        try:
-            dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve())
-        except InstantiationException as err:  # Hydra wraps the loader's own errors
-            raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
-        job.run(config, dataset)
-    except UserError as err:
-        print(f"seabench: error: {err}", file=sys.stderr)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        with cells.running(config) if sweep else nullcontext():
+            run_cell(cfg, config)
+        if sweep:
+            cells.succeed(config)
+    except Exception as err:  # noqa: BLE001 -- in a sweep every failure is recorded; alone, a bug is a traceback
+        if not sweep and not isinstance(err, UserError):
+            raise
+        reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}".splitlines()[0]
+        if not isinstance(err, UserError):
+            logging.getLogger(__name__).exception("the run failed")
+        print(f"seabench: error: {reason}", file=sys.stderr)
+        if not sweep:
             sys.exit(2)
-        FAILED.append(str(err))
+        cells.fail(config, reason, list(hydra.overrides.task))
+
+
+def run_cell(cfg, config: dict) -> None:
+    import torch
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from bench import allocation, job
+
+    torch.set_num_threads(allocation.threads(config["threads"]))
+    try:
+        dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve())
+    except InstantiationException as err:  # Hydra wraps the loader's own errors
+        raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
+    job.run(config, dataset)

@@ -3,7 +3,8 @@
 An entry's key is the sha256 of everything that changes the features: the backbone's weight hash
 and architecture, its preprocessing, the dataset and the split's (item, label) fingerprint. Entries
 are written under a temporary name and renamed, under a file lock, so a killed job never leaves a
-corrupt entry and concurrent jobs on the same cell extract once.
+corrupt entry and concurrent jobs on the same cell extract once, on one machine or many (the lock is a
+lease file, which works on a network file system; a lease its holder stopped renewing is taken over).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import logging
 import os
 import pickle
 import re
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import SoftFileLease, Timeout
+from filelock._soft import parse_marker, read_lock_file
 from tqdm import tqdm
 
 from bench import UserError
@@ -76,8 +80,45 @@ def load_entry(path: Path, digest: str) -> dict | None:
     return None
 
 
+def holder(lock_path: str) -> str:
+    """'pid 123 on node7', read from a lock file, or 'another job' when it cannot be read."""
+    try:
+        record = parse_marker(read_lock_file(lock_path)[0])
+    except (OSError, ValueError):
+        record = None
+    return f"pid {record.pid} on {record.hostname}" if record else "another job"
+
+
+@contextmanager
+def hold(lock_path: str, *, stale_s: float, what: str):
+    """Hold the lock at `lock_path` (a lease renewed every stale_s / 3 seconds while held); say who holds it
+    while waiting. A dead holder on this host is replaced at once, one on another host after stale_s seconds
+    without a renewal (kill -9, a lost node): every job sharing the cache must use the same stale_s."""
+    lock = SoftFileLease(lock_path, lease_duration=stale_s)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        waiting, start = None, time.monotonic()
+        while True:
+            if (who := holder(lock_path)) != waiting:
+                log.info("waiting for %s to finish %s (its lock is taken over after %g s without renewal)",
+                         who, what, stale_s)
+                waiting = who
+            try:
+                lock.acquire(timeout=min(30.0, stale_s), poll_interval=0.2)
+                break
+            except Timeout:
+                continue
+        log.info("took the lock of %s after %.1f s", what, time.monotonic() - start)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList, *, cache_dir: Path,
-           batch_size: int, num_workers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+           batch_size: int, num_workers: int, device: torch.device,
+           lock_stale_s: float = 120.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(features, labels, info) of one split, from the cache or extracted once and stored.
 
     On a GPU extraction runs under float16 autocast: those features are cached apart from float32 ones."""
@@ -88,7 +129,7 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
     info = {"key": digest, "path": str(path), "amp_float16": amp}
     entry = load_entry(path, digest)
     if entry is None:
-        with FileLock(str(path) + ".lock"):
+        with hold(str(path) + ".lock", stale_s=lock_stale_s, what=f"extracting {dataset}/{split_name}"):
             entry = load_entry(path, digest)  # another job may have written it while we waited
             if entry is None:
                 features = extract(backbone.model, images.with_transform(backbone.transform),

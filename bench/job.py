@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bench import UserError, backbones, features, protocol, results
+from bench import UserError, backbones, cells, features, protocol, results
 from bench.data import FeatureSet, Task
 from bench.metrics import METRICS
 
@@ -69,7 +69,7 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
     The signature covers the configs, the split fingerprints and the backbone's weight hash, so a
     changed checkpoint behind the same path is a new run, not a skipped one."""
     validate(config)
-    device, timings, weights = pick_device(config["device"]), {}, {}
+    device, timings, weights, cell = pick_device(config["device"]), {}, {}, cells.key(config)
     if isinstance(dataset, FeatureSet):  # ready-made features: no backbone takes part
         config = {**config, "backbone": {"name": "given", "label": "given features"}}
         splits, num_classes = dict(dataset.hashes), dataset.num_classes
@@ -96,7 +96,7 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
         outcome = protocol.PROTOCOLS[prot["name"]](
             importlib.import_module(method["module"]).fit, data, params=method["params"], seeds=seeds,
             metric=config["dataset"]["metric"], num_classes=num_classes, device=device, **options)
-    record = {"protocol_version": protocol.VERSION, "signature": sig, "config": config, "dataset": dataset.name,
+    record = {"protocol_version": protocol.VERSION, "signature": sig, "cell": cell, "config": config, "dataset": dataset.name,
               "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
               "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
               "num_classes": num_classes, "splits": splits, "features": entries, **weights, **outcome,
