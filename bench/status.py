@@ -54,10 +54,27 @@ def expand(argv: list[str]) -> Sweep:
             hydra = compose("config", overrides=fixed, return_hydra_config=True).hydra
             params = [f"{k}={v}" for k, v in (hydra.sweeper.params or {}).items()]
             (lists,) = BasicSweeper.split_arguments(parser.parse_overrides(params + argv), None)
-            configs = [OmegaConf.to_container(compose("config", overrides=o), resolve=True) for o in lists]
+            configs = compose_all(lists, lambda o: OmegaConf.to_container(compose("config", overrides=o),
+                                                                          resolve=True))
             return Sweep(lists, configs, hydra.launcher._target_, hydra.sweeper.max_batch_size)
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(" ".join(str(err).split())) from None
+
+
+def compose_all(lists: list[list[str]], compose) -> list[dict]:
+    """Each cell's config. When only group choices vary (the usual sweep), each choice is composed once and
+    the cells assembled from those nodes (the groups' files refer only to themselves): 34 compositions
+    instead of 660 for experiment=transfer11."""
+    key = lambda override: override.lstrip("+~").partition("=")[0]  # noqa: E731
+    common = set.intersection(*(set(cell) for cell in lists))
+    swept = {key(o) for cell in lists for o in cell if o not in common}
+    if not swept <= {"backbone", "dataset", "method", "protocol"}:
+        return [compose(cell) for cell in lists]
+    fixed = [o for o in lists[0] if key(o) not in swept]
+    base, nodes = compose(fixed), {}
+    for choice in {o for cell in lists for o in cell if key(o) in swept}:
+        nodes[choice] = compose([*fixed, choice])[key(choice)]
+    return [{**base, **{key(o): nodes[o] for o in cell if o in nodes}} for cell in lists]
 
 
 def last_sweep(results_dir: Path) -> list[str]:
@@ -110,7 +127,10 @@ def report(sweep: Sweep) -> None:
     found = states(sweep)
     bad = [(i, s, d) for i, (s, d) in enumerate(found) if s != "done"]
     if bad:
-        lines = [f"  {sweep.varying(i)}: {detail or state}" for i, state, detail in bad]
-        raise UserError(f"{len(bad)} run(s) of the sweep failed (the others finished); "
+        logs = Path(sweep.configs[0]["results_dir"]) / ".hydra"
+        lines = [f"  {sweep.varying(i)}: " + (detail if state == "failed" else
+                 f"{state}, no record{': ' + detail if detail else ''} (its job's log is under {logs})")
+                 for i, state, detail in bad]
+        raise UserError(f"{len(bad)} run(s) of the sweep failed ({len(found) - len(bad)} of {len(found)} finished); "
                         "`seabench status <the same overrides> --failed` prints the commands to re-run them:\n"
                         + "\n".join(lines))
