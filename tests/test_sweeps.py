@@ -35,12 +35,13 @@ def records(tmp: Path) -> list[dict]:
 
 
 def test_a_local_launcher_sweep_runs_each_cell_in_its_own_process_and_extracts_once(tmp_path):
+    seabench("run", "dataset=digits", "backbone=pixels", "seeds=1", *CHEAP, tmp=tmp_path)  # one cell done before
+    (before,) = records(tmp_path)
     out = seabench("run", "-m", "hydra/launcher=local", "jobs=6", "dataset=digits", "backbone=pixels,test_resnet",
                    "seeds=1,2,3", *CHEAP, tmp=tmp_path)
-    assert "sweep: 6 cells, 0 done, 6 to run" in out.stdout
+    assert "sweep: 6 cells, 1 done, 5 to run" in out.stdout
     runs = records(tmp_path)
-    assert len(runs) == 6 and len({r["provenance"]["argv"][0] for r in runs}) == 1
-    assert len({r["cell"] for r in runs}) == 6
+    assert len(runs) == 6 and len({r["cell"] for r in runs}) == 6 and before in runs  # not run again
     logs = list((tmp_path / "results" / ".hydra").rglob("*_log.out"))
     assert len({p.parent for p in logs}) == 6  # six submitit jobs, each its own process and log
     for backbone in ("pixels", "test_resnet"):
@@ -48,11 +49,46 @@ def test_a_local_launcher_sweep_runs_each_cell_in_its_own_process_and_extracts_o
         for split in ("train", "val", "test"):
             of_split = [info for name, info in entries if name == split]
             assert len(of_split) == 3 and len({i["key"] for i in of_split}) == 1
-            assert sum(not i["hit"] for i in of_split) == 1  # extracted by one job, read by the other two
+            assert sum(not i["hit"] for i in of_split) == 1  # extracted by one job, read by the others
     assert not list((tmp_path / "results" / "runs").rglob("*.running"))
-    again = seabench("run", "-m", "hydra/launcher=local", "jobs=6", "dataset=digits", "backbone=pixels,test_resnet",
-                     "seeds=1,2,3", *CHEAP, tmp=tmp_path)
-    assert "sweep: 6 cells, 6 done, 0 to run" in again.stdout and len(records(tmp_path)) == 6
+
+
+def wait_for_marker(tmp: Path, sweep: subprocess.Popen) -> int:
+    """The pid of the job running the sweep's cell, from its `.running` marker."""
+    deadline = time.monotonic() + 300
+    while not (markers := list((tmp / "results" / "runs").rglob("*.running"))):
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.05)
+    return json.loads(markers[0].read_text())["pid"]
+
+
+def test_a_preempted_job_is_requeued_and_a_killed_one_leaves_nothing_partial(tmp_path):
+    from submitit.core.job_environment import JobEnvironment
+
+    def sweep(seed):
+        args = ["run", "-m", "hydra/launcher=local", "dataset=digits", "backbone=test_resnet", f"seeds={seed}",
+                "backbone.preprocess.resize=48", "backbone.preprocess.crop=48", "method=sgd"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "SEABENCH_CACHE": str(tmp_path / "cache")}
+        return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    first = sweep(1)
+    os.kill(wait_for_marker(tmp_path, first), JobEnvironment._usr_sig())  # what submitit sends on preemption
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, out + err
+    log = "".join(p.read_text() for p in (tmp_path / "results" / ".hydra").rglob("*_log.*"))
+    assert "this job is preempted" in log and "Requeued job" in log and log.count("Starting with JobEnvironment") == 2
+    assert len(records(tmp_path)) == 1
+
+    second = sweep(2)
+    os.kill(wait_for_marker(tmp_path, second), signal.SIGKILL)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode != 0 and "seeds=2: missing, no record: its job (pid" in err, out + err
+    assert len(records(tmp_path)) == 1
+    assert not [p for p in (tmp_path / "results").rglob("*") if ".tmp" in p.name]
+    again = sweep(2)  # re-submitted: it runs the cell, from what the cache holds
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0 and len(records(tmp_path)) == 2, out + err
 
 
 def test_a_failing_cell_fails_the_sweep_under_submitits_own_local_launcher(tmp_path):
@@ -215,3 +251,29 @@ def test_a_lock_left_on_another_host_is_taken_over_after_the_stale_timeout(tmp_p
                                      num_workers=0, device=torch.device("cpu"), lock_stale_s=1.5)
     assert 1.5 <= time.monotonic() - start < 15 and not info["hit"]
     assert "waiting for pid 4242 on node17 to finish extracting digits/val" in caplog.text
+
+
+def test_transfer11_is_every_dataset_of_the_table_by_the_zoo_by_the_feature_methods():
+    import yaml
+
+    from bench import status
+
+    sweep = status.expand(["experiment=transfer11"])
+    zoo = {p.stem for p in (ROOT / "conf" / "backbone").glob("*.yaml")
+           if (c := yaml.safe_load(p.read_text()))["source"] == "checkpoint" and c.get("file")}
+    assert len(zoo) == 20 and {c["backbone"]["name"] for c in sweep.configs} == zoo
+    assert {c["dataset"]["name"] for c in sweep.configs} == {
+        "cifar10", "cifar100", "food101", "mit67", "pets", "flowers102", "caltech101", "cars", "aircraft", "dtd",
+        "sun397"}
+    assert {c["method"]["name"] for c in sweep.configs} == {"linear", "sgd", "sea"}
+    assert len(sweep.configs) == 11 * 20 * 3 == len({json.dumps(c, sort_keys=True) for c in sweep.configs})
+
+
+def test_the_launchers_compose_and_their_resources_can_be_set():
+    from bench import status
+
+    slurm = status.expand(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "dataset=digits,dtd"])
+    assert slurm.launcher.endswith("SlurmLauncher") and slurm.batch is None and len(slurm.configs) == 2
+    local = status.expand(["hydra/launcher=local", "jobs=3", "dataset=digits"])
+    assert local.launcher.endswith("LocalLauncher") and local.batch == 3
+    assert status.expand(["dataset=digits"]).batch is None  # the basic launcher: one process, no batches
