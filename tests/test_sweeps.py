@@ -67,7 +67,7 @@ def test_a_preempted_job_is_requeued_and_a_killed_one_leaves_nothing_partial(tmp
 
     def sweep(seed):
         args = ["run", "-m", "hydra/launcher=local", "dataset=digits", "backbone=test_resnet", f"seeds={seed}",
-                "backbone.preprocess.resize=48", "backbone.preprocess.crop=48", "method=sgd"]
+                "backbone.preprocess.resize=48", "backbone.preprocess.crop=48", "method=linear"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "SEABENCH_CACHE": str(tmp_path / "cache")}
         return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=tmp_path, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -83,7 +83,7 @@ def test_a_preempted_job_is_requeued_and_a_killed_one_leaves_nothing_partial(tmp
     second = sweep(2)
     os.kill(wait_for_marker(tmp_path, second), signal.SIGKILL)
     out, err = second.communicate(timeout=600)
-    assert second.returncode != 0 and "seeds=2: missing, no record: its job (pid" in err, out + err
+    assert second.returncode != 0 and "seeds=2 backbone.preprocess.resize=48" in err and ": missing, no record: its job (pid" in err, out + err
     assert len(records(tmp_path)) == 1
     assert not [p for p in (tmp_path / "results").rglob("*") if ".tmp" in p.name]
     again = sweep(2)  # re-submitted: it runs the cell, from what the cache holds
