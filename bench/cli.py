@@ -122,7 +122,7 @@ def run_job(cfg) -> None:
             run_cell(cfg, config)
         if sweep:
             cells.succeed(config)
-    except Exception as err:  # noqa: BLE001 -- in a sweep every failure is recorded; alone, a bug is a traceback
+    except Exception as err:  # in a sweep every failure is recorded and the sweep goes on; alone, a bug raises
         if not sweep and not isinstance(err, UserError):
             raise
         reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}".splitlines()[0]

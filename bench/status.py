@@ -61,11 +61,15 @@ def expand(argv: list[str]) -> Sweep:
         raise UserError(" ".join(str(err).split())) from None
 
 
+def key(override: str) -> str:
+    """'method' of 'method=sea' (and of '+method=sea', '~method')."""
+    return override.lstrip("+~").partition("=")[0]
+
+
 def compose_all(lists: list[list[str]], compose) -> list[dict]:
     """Each cell's config. When only group choices vary (the usual sweep), each choice is composed once and
     the cells assembled from those nodes (the groups' files refer only to themselves): 34 compositions
     instead of 660 for experiment=transfer11."""
-    key = lambda override: override.lstrip("+~").partition("=")[0]  # noqa: E731
     common = set.intersection(*(set(cell) for cell in lists))
     swept = {key(o) for cell in lists for o in cell if o not in common}
     if not swept <= {"backbone", "dataset", "method", "protocol"}:

@@ -110,7 +110,7 @@ def test_status_of_a_half_finished_sweep(tmp_path):
     seabench("run", "-m", "dataset=dtd", "backbone=pixels", "seeds=1", *cheap, tmp=tmp_path, check=False)
     # seeds=2: digits runs in a live job (this process), dtd's job died (a pid that has exited)
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
+                              text=True, check=True).stdout)
     for config in status.expand(["dataset=digits,dtd", "backbone=pixels", "seeds=2", *cheap]).configs:
         path = cells.stem(config).with_suffix(".running")
         path.parent.mkdir(parents=True, exist_ok=True)
