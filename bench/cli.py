@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -105,6 +106,13 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
+def backbone_overrides(overrides) -> list[str]:
+    """What the command line changed inside the backbone's config (`backbone.preprocess.resize=28` ->
+    `preprocess.resize=28`): part of the table's row label, since it changes the features."""
+    prefix = re.compile(r"^([+~]*)backbone\.")
+    return sorted(prefix.sub(r"\1", o) for o in overrides if prefix.match(o))
+
+
 def run_job(cfg) -> None:
     """One cell, in whichever process the launcher gives it. In a sweep, a failure is written beside the
     cell's record path (its reason) and the sweep goes on: `run_main` reports every failed cell at the end."""
@@ -119,7 +127,7 @@ def run_job(cfg) -> None:
     sweep = hydra.mode == RunMode.MULTIRUN
     try:
         with cells.running(config) if sweep else nullcontext():
-            run_cell(cfg, config)
+            run_cell(cfg, config, list(hydra.overrides.task))
         if sweep:
             cells.succeed(config)
     except Exception as err:  # in a sweep every failure is recorded and the sweep goes on; alone, a bug raises
@@ -134,7 +142,7 @@ def run_job(cfg) -> None:
         cells.fail(config, reason, list(hydra.overrides.task))
 
 
-def run_cell(cfg, config: dict) -> None:
+def run_cell(cfg, config: dict, overrides: list[str]) -> None:
     import torch
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -146,4 +154,4 @@ def run_cell(cfg, config: dict) -> None:
         dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve())
     except InstantiationException as err:  # Hydra wraps the loader's own errors
         raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
-    job.run(config, dataset)
+    job.run(config, dataset, backbone_overrides=backbone_overrides(overrides))

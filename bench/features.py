@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 VERSION = 1  # bump when extraction itself changes (pooling, dtype ...): it is part of every key
 
 
+def amp(device: torch.device) -> bool:
+    """Extraction runs under float16 autocast on a GPU (DESIGN section 2), in float32 elsewhere."""
+    return torch.device(device).type == "cuda"
+
+
 def key(backbone: Backbone, dataset: str, split: ImageList, *, amp: bool) -> str:
     facts = {"version": VERSION, "weights": backbone.weights_sha256, "model": type(backbone.model).__name__,
              "preprocess": backbone.preprocess, "dataset": dataset, "split": split.fingerprint(),
@@ -51,7 +56,7 @@ def extract(model: torch.nn.Module, images: ImageList, *, batch_size: int, num_w
                                          pin_memory=cuda, persistent_workers=False)
     chunks = []
     try:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp(device)):
             for x, _ in tqdm(loader, desc=desc, unit="batch", disable=None):
                 x = x.to(device, non_blocking=True)
                 if cuda:
@@ -122,11 +127,10 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
     """(features, labels, info) of one split, from the cache or extracted once and stored.
 
     On a GPU extraction runs under float16 autocast: those features are cached apart from float32 ones."""
-    amp = device.type == "cuda"
-    digest = key(backbone, dataset, images, amp=amp)
+    digest = key(backbone, dataset, images, amp=amp(device))
     path = Path(cache_dir).expanduser() / "features" / dataset / backbone.name / f"{split_name}-{digest[:24]}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"key": digest, "path": str(path), "amp_float16": amp}
+    info = {"key": digest, "path": str(path), "amp_float16": amp(device)}
     entry = load_entry(path, digest)
     if entry is None:
         with hold(str(path) + ".lock", stale_s=lock_stale_s, what=f"extracting {dataset}/{split_name}"):

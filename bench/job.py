@@ -63,11 +63,42 @@ def extract_all(config: dict, backbone, task: Task, device, timings: dict) -> tu
     return data, entries
 
 
-def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
+def precision(device: torch.device) -> dict:
+    """What the device changes in the numbers: a GPU extracts under float16 autocast, a CPU in float32, and
+    each method picks its fitting precision from the device type and the problem's size (bench.methods.linear:
+    float32 on a GPU), so the device type, with the data the signature also covers, decides every precision."""
+    return {"device": device.type, "extract": "float16 autocast" if features.amp(device) else "float32"}
+
+
+def identity(config: dict, dataset_name: str, splits: dict, weights_sha256: str | None,
+             device: torch.device) -> tuple[str, Path]:
+    """(signature, record path) of a run: its configs, split fingerprints, weights and device precision."""
+    sig = results.signature(config, {**splits, "weights": weights_sha256}, precision(device))
+    path = results.path_for(config["results_dir"], dataset=dataset_name, backbone=config["backbone"]["name"],
+                            method=config["method"]["name"], protocol=config["protocol"]["name"], sig=sig)
+    return sig, path
+
+
+def sized_to_data(preprocess: dict, images) -> dict:
+    """`preprocess` with a null `resize`/`crop` set from the data: the shorter side of the first train image
+    (how `backbone=pixels` takes the size of whatever images it is given)."""
+    if preprocess.get("resize") is not None and preprocess.get("crop") is not None:
+        return preprocess
+    width, height = images.read(images.items[0]).size
+    side = min(width, height)
+    sized = {**preprocess, "resize": preprocess["resize"] or side, "crop": preprocess["crop"] or side}
+    log.info("preprocess: shorter side to %d, center crop %dx%d (resize/crop null: the first train image is "
+             "%dx%d)", sized["resize"], sized["crop"], sized["crop"], width, height)
+    return sized
+
+
+def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[str] = ()) -> Path | None:
     """Run the cell `config` describes on `dataset`; return its record's path (None when skipped).
 
-    The signature covers the configs, the split fingerprints and the backbone's weight hash, so a
-    changed checkpoint behind the same path is a new run, not a skipped one."""
+    The signature covers the configs, the split fingerprints, the backbone's weight hash and the device's
+    precision, so a changed checkpoint behind the same path, or the same cell on a GPU, is a new run, not
+    a skipped one. `backbone_overrides` (what the command line changed in the backbone's config, e.g.
+    `preprocess.resize=28`) go into the record, so the table can tell such rows apart."""
     validate(config)
     device, timings, weights, cell = pick_device(config["device"]), {}, {}, cells.key(config)
     if isinstance(dataset, FeatureSet):  # ready-made features: no backbone takes part
@@ -75,14 +106,14 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
         splits, num_classes = dict(dataset.hashes), dataset.num_classes
     else:
         splits, num_classes = {name: s.fingerprint() for name, s in dataset.splits.items()}, len(dataset.classes)
+        preprocess = sized_to_data(config["backbone"]["preprocess"], dataset.splits["train"])
         with timed(timings, "backbone"):
-            backbone = backbones.create(**config["backbone"], cache_dir=Path(config["cache_dir"]))
+            backbone = backbones.create(**{**config["backbone"], "preprocess": preprocess},
+                                        cache_dir=Path(config["cache_dir"]))
         weights = {"weights_sha256": backbone.weights_sha256, "preprocess": backbone.preprocess,
                    "checkpoint": backbone.provenance}
     method, prot = config["method"], config["protocol"]
-    sig = results.signature(config, {**splits, "weights": weights.get("weights_sha256")})
-    path = results.path_for(config["results_dir"], dataset=dataset.name, backbone=config["backbone"]["name"],
-                            method=method["name"], protocol=prot["name"], sig=sig)
+    sig, path = identity(config, dataset.name, splits, weights.get("weights_sha256"), device)
     if path.exists() and config["skip_existing"]:
         log.info("skipping: a record of this run exists at %s", path)
         return None
@@ -99,9 +130,11 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
     record = {"protocol_version": protocol.VERSION, "signature": sig, "cell": cell, "config": config, "dataset": dataset.name,
               "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
               "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
-              "num_classes": num_classes, "splits": splits, "features": entries, **weights, **outcome,
-              "timings": timings, "device": str(device), "provenance": results.provenance(device),
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "backbone_overrides": list(backbone_overrides), "num_classes": num_classes, "splits": splits,
+              "features": entries, **weights, **outcome, "warnings": list(dataset.warnings),
+              "timings": timings, "device": str(device), "precision": precision(device),
+              "provenance": results.provenance(device),
+              "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}  # orders a cell's records
     results.write(path, record)
     report(record, path)
     return path

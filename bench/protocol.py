@@ -1,13 +1,16 @@
 """The evaluation protocol (DESIGN section 3). Test scores are computed once, after every choice is made.
 
 `select`: every grid point (x every seed) is fitted on train and scored on val with the dataset's
-metric (mean over seeds); the best point (ties: the earlier one) is refitted on train+val and
-scored on test once. A pick on the edge of its grid is flagged.
+metric (mean over seeds, in float64); the best point (ties: the earlier one) is refitted on
+train+val, starting from the heads validated at that point when the method takes `init`, and
+scored on test once. A pick on the edge of its grid is flagged; so is a fit that stopped at its
+iteration limit (methods that say how their fits ended).
 `reference`: fixed hyperparameters, fit on train, score on test once (the SeA reference code's setting).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 from collections.abc import Callable
@@ -16,11 +19,13 @@ import torch
 
 from bench import UserError
 from bench.data.splits import carve
+from bench.methods import Heads
 from bench.metrics import mean_per_class, score, top1
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump whenever a rule here changes; every record carries it
+VERSION = 2  # bump whenever a rule here changes; every record carries it
+# 2: val means in float64 (ties exact); the refit starts from the validated heads (methods with `init`)
 
 Data = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -50,6 +55,30 @@ def test_scores(heads, X, y, metric: str) -> dict[str, list[float]]:
             "mean_per_class": [mean_per_class(p, y) for p in pred]}
 
 
+def fits(heads, rows) -> list[dict] | None:
+    """How the fits of heads `rows` ended, for methods that say so (`Heads.fits`), else None."""
+    return None if heads.fits is None else [heads.fits[r] for r in rows]
+
+
+def max_iter_hit(curve: list[dict], final: list[dict] | None, name: str) -> list:
+    """The grid points (and `name`, for the fit scored on test) one of whose fits stopped at max_iter."""
+    def hit(ends):
+        return any(f["stop"] == "max_iter" for f in ends or [])
+
+    flagged = [c["point"] for c in curve if hit(c.get("fit"))] + ([name] if hit(final) else [])
+    if flagged:
+        log.warning("fits stopped at their iteration limit (max_iter), not converged: %s", flagged)
+    return flagged
+
+
+def warm_start(fit: Callable, heads, rows) -> dict:
+    """{"init": heads `rows`} for a method whose `fit` takes `init` (the refit then starts where the
+    chosen point was validated), else {}."""
+    if "init" not in inspect.signature(fit).parameters:
+        return {}
+    return {"init": Heads(heads.weight[rows], None if heads.bias is None else heads.bias[rows])}
+
+
 def with_val(data: Data, *, val_fraction: float, split_seed: int) -> Data:
     """`data` itself when it has a val split, else train split into train and a seeded per-class val."""
     if "val" in data:
@@ -72,15 +101,25 @@ def select(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], se
     data = with_val(data, val_fraction=val_fraction, split_seed=split_seed)
     combos = grid_points(grid)
     points = [{**params, **combo, "seed": s} for combo in combos for s in seeds]
-    pred = fit(*data["train"], num_classes=num_classes, points=points, device=device).predict(data["val"][0])
-    val = torch.tensor([score(metric, p, data["val"][1]) for p in pred]).view(len(combos), len(seeds))
-    best = int(val.mean(1).argmax())  # argmax returns the first maximum: ties go to the earlier point
-    chosen = combos[best]
+    fitted = fit(*data["train"], num_classes=num_classes, points=points, device=device)
+    pred = fitted.predict(data["val"][0])
+    val = torch.tensor([score(metric, p, data["val"][1]) for p in pred], dtype=torch.float64)
+    val = val.view(len(combos), len(seeds))
+    # in float64 over the sorted scores: equal per-seed scores in another order give the same mean, to the
+    # last bit (a float32 mean, or any mean in another order, can differ there and break a tie)
+    best = int(val.sort(1).values.mean(1).argmax())  # argmax returns the first maximum: ties go to the earlier
+    chosen, k = combos[best], len(seeds)
     Xtv, ytv = (torch.cat(pair) for pair in zip(data["train"], data["val"]))
     heads = fit(Xtv, ytv, num_classes=num_classes, points=[{**params, **chosen, "seed": s} for s in seeds],
-                device=device)
-    return {"chosen": chosen, "edge": edges(grid, chosen), "params": {**params, **chosen},
-            "curve": [{"point": c, "val": v.mean().item(), "val_per_seed": v.tolist()} for c, v in zip(combos, val)],
+                device=device, **warm_start(fit, fitted, list(range(best * k, best * k + k))))
+    curve = [{"point": c, "val": v.sort().values.mean().item(), "val_per_seed": v.tolist()}
+             for c, v in zip(combos, val)]
+    if fitted.fits is not None:
+        for i, entry in enumerate(curve):
+            entry["fit"] = fits(fitted, range(i * k, i * k + k))
+    refit = fits(heads, range(k))
+    return {"chosen": chosen, "edge": edges(grid, chosen), "params": {**params, **chosen}, "curve": curve,
+            **({"refit": refit} if refit else {}), "max_iter_hit": max_iter_hit(curve, refit, "refit"),
             "test": test_scores(heads, *data["test"], metric), "seeds": seeds,
             "sizes": {"train": len(data["train"][1]), "val": len(data["val"][1]), "test": len(data["test"][1])}}
 
@@ -89,7 +128,9 @@ def reference(fit: Callable, data: Data, *, params: dict, seeds: list[int], metr
               device) -> dict:
     heads = fit(*data["train"], num_classes=num_classes, points=[{**params, "seed": s} for s in seeds],
                 device=device)
+    final = fits(heads, range(len(seeds)))
     return {"chosen": {}, "edge": {}, "params": params, "curve": [], "seeds": seeds,
+            **({"fit": final} if final else {}), "max_iter_hit": max_iter_hit([], final, "fit"),
             "test": test_scores(heads, *data["test"], metric),
             "sizes": {"train": len(data["train"][1]), "test": len(data["test"][1])}}
 

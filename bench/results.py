@@ -16,14 +16,15 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# what decides a run's numbers; paths, devices and worker counts do not
+# what decides a run's numbers besides the data and the device type; paths and worker counts do not
 SIGNED = ("backbone", "dataset", "method", "protocol", "seeds")
 PACKAGES = ("seabench", "torch", "torchvision", "timm", "numpy", "scikit-learn", "hydra-core", "pillow")
 
 
-def signature(config: dict, splits: dict[str, str]) -> str:
-    """sha256 of the signed config plus the split fingerprints (so a changed split is a new run)."""
-    signed = {k: config[k] for k in SIGNED} | {"splits": splits}
+def signature(config: dict, splits: dict[str, str], precision: dict) -> str:
+    """sha256 of the signed config, the split fingerprints (a changed split is a new run) and the device's
+    precision (a GPU record and a CPU record of one cell are two runs)."""
+    signed = {k: config[k] for k in SIGNED} | {"splits": splits, "precision": precision}
     return hashlib.sha256(json.dumps(signed, sort_keys=True, default=str).encode()).hexdigest()
 
 

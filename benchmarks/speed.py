@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,8 @@ def bench_linear(args) -> None:
     Xho, yho = X[n:], y[n:]  # val (picks the penalty) then test, `held_out` rows each
     print(f"linear: train {tuple(Xtr.shape)} float32, val and test {held_out} rows each, {args.linear_classes} "
           f"classes, {len(points)} penalties in [{min(penalties):g}, {max(penalties):g}], max_iter "
-          f"{params['max_iter']}, tol {params['tol']}, standardize {params['standardize']}", flush=True)
+          f"{params['max_iter']}, tol {params['tol']}, rtol {params['rtol']} (sklearn: tol only), standardize "
+          f"{params['standardize']}", flush=True)
     out = {}
 
     def ours():
@@ -132,6 +134,9 @@ def bench_linear(args) -> None:
     val = {k: 100 * v[:, :held_out].mean(1) for k, v in correct.items()}
     test = {k: 100 * v[:, held_out:].mean(1) for k, v in correct.items()}
     pick = {k: int(v.argmax()) for k, v in val.items()}  # first maximum: ties go to the stronger penalty
+    fits = out["ours"].fits
+    ends = ", ".join(f"{n} {stop}" for stop, n in Counter(f["stop"] for f in fits).items())
+    print(f"linear: our fits ended: {ends}; {sum(f['iterations'] for f in fits)} iterations in all")
     gaps = (test["ours"] - test["sklearn"]).abs()
     worst = int(gaps.argmax())
     print(f"linear: picked on val: ours penalty {penalties[pick['ours']]:.3g} (test {test['ours'][pick['ours']]:.2f}%), "

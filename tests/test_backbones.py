@@ -362,3 +362,38 @@ def test_baselines_and_timm_tags(models, tmp_path):
     with pytest.raises(UserError, match="cannot load timm's pretrained resnet18.no_such_tag"):
         backbones.create(**zoo_config("timm", arch="resnet18.no_such_tag"), cache_dir=tmp_path)
     assert "names no checkpoint file" in error_of(zoo_config("local"), tmp_path)
+
+
+def test_state_dict_without_batch_counters_loads_as_torch_loads_it(models, tmp_path):
+    """torchvision's older ImageNet files predate BatchNorm's num_batches_tracked: torch fills the counter."""
+    sd = {k: v for k, v in models["resnet18"].state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "resnet18-old.pth"
+    torch.save(sd | {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}, path)
+    backbone = backbones.create(**zoo_config("supervised_r50", arch="resnet18", checkpoint=str(path)),
+                                cache_dir=tmp_path)
+    reference = timm.create_model("resnet18", num_classes=0)
+    reference.load_state_dict(sd, strict=False)  # torch's own fill (no _metadata: version None)
+    for key, tensor in reference.state_dict().items():
+        assert torch.equal(backbone.model.state_dict()[key], tensor), key
+    assert_same(backbone, models["resnet18"])
+    del sd["layer1.0.bn1.running_mean"]  # every other key stays strict
+    torch.save(sd, path)
+    message = error_of(zoo_config("supervised_r50", arch="resnet18", checkpoint=str(path)), tmp_path)
+    assert "1 missing keys ['layer1.0.bn1.running_mean']" in message
+
+
+def test_swav_layout_also_takes_a_state_dict_wrapper(models, tmp_path):
+    """SwAV's eval_linear.py unwraps `state_dict` when present; SeLa-v2 files are read the same way."""
+    path = tmp_path / "selav2.pth.tar"
+    state = prefixed(models["resnet18"].state_dict(), "module.") | heads("module.projection_head.", 512)
+    torch.save({"epoch": 400, "state_dict": state}, path)
+    backbone = backbones.create(**zoo_config("selav2_r50", arch="resnet18", checkpoint=str(path)), cache_dir=tmp_path)
+    assert_same(backbone, models["resnet18"])
+    detected = backbones.create(**zoo_config("local", arch="resnet18", checkpoint=str(path)), cache_dir=tmp_path)
+    assert detected.provenance["layout"] == "swav"
+
+
+def test_augself_entries_point_to_the_readme_not_a_missing_folder():
+    for name in ("augself_in100_mocov2", "augself_in100_mocov2_augself", "augself_in100_simsiam",
+                 "augself_in100_simsiam_augself"):
+        assert zoo_config(name)["homepage"] == "https://github.com/hankook/AugSelf#checkpoints"

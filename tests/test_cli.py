@@ -28,7 +28,7 @@ def test_demo_and_table(tmp_path):
     assert len(records) == 6, out.stdout + out.stderr
     for path in records:
         record = json.loads(path.read_text())
-        assert record["protocol_version"] == 1 and record["dataset"] == "digits"
+        assert record["protocol_version"] == 2 and record["dataset"] == "digits"
         assert set(record["timings"]) >= {"backbone", "fit", "features_train", "features_val", "features_test"}
         assert len(record["test"]["top1"]) == (1 if record["method"] == "linear" else 3)
         assert min(record["test"]["top1"]) > 60  # real learning on real digits
@@ -148,3 +148,30 @@ def test_bad_settings_fail_before_any_work(tmp_path, override, message):
                              check=False))
     assert message in text and "Traceback" not in text
     assert not (tmp_path / "cache" / "features").exists()
+
+
+def test_pixels_on_a_folder_of_28x28_images(tmp_path):
+    """A user's own folder: named after itself, val carve logged, pixels at the data's size, a skipped file in
+    the record's warnings, and a preprocessing override on its own table row."""
+    from PIL import Image
+
+    for split, n in (("train", 8), ("test", 3)):
+        for c in range(3):
+            for i in range(n):
+                path = tmp_path / "mnistlike" / split / f"class{c}" / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("L", (28, 28), color=40 + 80 * c).save(path)
+    (tmp_path / "mnistlike" / "train" / "README.txt").write_text("a note, not an image")
+    args = ["dataset=folder", f"dataset.load.path={tmp_path / 'mnistlike'}", "backbone=pixels", "method=linear",
+            "method.grid.penalty=[1.0]", "extract.num_workers=0"]
+    out = seabench("run", *args, tmp=tmp_path)
+    assert "carved 3 of the 24 train images as val" in out.stdout and "center crop 28x28" in out.stdout
+    (path,) = (tmp_path / "results" / "runs" / "mnistlike" / "pixels").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["dataset"] == "mnistlike" and record["preprocess"]["crop"] == 28
+    assert record["backbone_overrides"] == [] and "train/README.txt" in record["warnings"][0]
+    seabench("run", *args, "backbone.preprocess.resize=8", "backbone.preprocess.crop=8", tmp=tmp_path)
+    from bench import table
+
+    text = table.build(tmp_path / "results", tmp_path / "results")
+    assert "| pixels " in text and "| pixels [preprocess.crop=8, preprocess.resize=8] " in text

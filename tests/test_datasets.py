@@ -143,7 +143,20 @@ def test_config_composes_and_its_keys_are_the_loaders_arguments(name):
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"dataset={name}"])
-    assert cfg.dataset.name == name and cfg.dataset.metric in ("top1", "mean_per_class")
+    assert cfg.dataset.name == (None if name == "folder" else name)  # a folder is named after its folder
+    assert cfg.dataset.metric in ("top1", "mean_per_class")
     options = {k: v for k, v in cfg.dataset.load.items() if k != "_target_"}
     module_name, function = cfg.dataset.load._target_.rsplit(".", 1)
     inspect.signature(getattr(importlib.import_module(module_name), function)).bind(root=REPO, **options)
+
+
+def test_cars_test_annotations_may_sit_in_devkit(tmp_path):
+    FAKES["cars"].write(tmp_path)
+    base = tmp_path / "stanford_cars"
+    before = load("cars", tmp_path)
+    (base / "cars_test_annos_withlabels.mat").rename(base / "devkit" / "cars_test_annos_withlabels.mat")
+    after = load("cars", tmp_path)
+    assert after.splits["test"].fingerprint() == before.splits["test"].fingerprint()
+    (base / "devkit" / "cars_test_annos_withlabels.mat").unlink()
+    with pytest.raises(UserError, match="missing .*stanford_cars/cars_test_annos_withlabels.mat"):
+        load("cars", tmp_path)

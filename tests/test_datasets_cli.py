@@ -57,6 +57,7 @@ def test_run_extracts_every_layout(tmp_path):
     codes, log = run_all(jobs, cwd=Path(__file__).resolve().parents[1])
     assert codes == {name: 0 for name in jobs}, log[-3000:]
     for name in jobs:
+        name = {"folder": "mytask"}.get(name, name)  # a folder task is named after its folder
         records = list((tmp_path / "results" / "runs" / name).rglob("*.json"))
         assert len(records) == 1, name
         entries = list((tmp_path / "cache" / "features" / name).rglob("*.pt"))

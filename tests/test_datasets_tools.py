@@ -43,6 +43,61 @@ def test_folder_errors_name_the_fix(tmp_path):
         folder.load(root=tmp_path, path=None, val_fraction=0.1)
     with pytest.raises(UserError, match="lacks the sub-folder"):
         folder.load(root=tmp_path, path=str(tmp_path), val_fraction=0.1)
+    fake_datasets.folder(tmp_path)
+    for f in (tmp_path / "mytask" / "test").rglob("*.png"):
+        f.unlink()
+    for d in (tmp_path / "mytask" / "test").iterdir():
+        d.rmdir()
+    with pytest.raises(UserError, match="test holds no images"):
+        folder.load(root=tmp_path, path=str(tmp_path / "mytask"), val_fraction=0.1)
+
+
+def test_folder_reads_nested_images_names_skipped_files_and_refuses_empty_classes(tmp_path, caplog):
+    fake_datasets.folder(tmp_path)
+    base = tmp_path / "mytask"
+    for c in ("cat", "dog", "fox"):  # dog and fox keep images in sub-folders only, as torchvision reads them
+        if c != "cat":
+            for i in range(5):
+                (base / "train" / c / f"{i}.png").rename(base / "train" / c / f"{i}-moved.png")
+                (base / "train" / c / "sub" / "deeper").mkdir(parents=True, exist_ok=True)
+                (base / "train" / c / f"{i}-moved.png").rename(base / "train" / c / "sub" / "deeper" / f"{i}.png")
+    (base / "train" / "cat" / "notes.txt").write_text("not an image")
+    (base / "train" / "cat" / ".DS_Store").write_bytes(b"")
+    task = folder.load(root=tmp_path, path=str(base), val_per_class=1, seed=0)
+    assert [task.splits["train"].labels.count(k) + task.splits["val"].labels.count(k) for k in range(3)] == [5] * 3
+    assert "train/dog/sub/deeper/0.png" in task.splits["train"].items + task.splits["val"].items
+    (warning,) = task.warnings
+    assert "1 file(s) in train/" in warning and "train/cat/notes.txt" in warning and warning in caplog.text
+    for f in (base / "train" / "fox").rglob("*.png"):
+        f.unlink()
+    with pytest.raises(UserError, match=r"train has class folders without images: fox \(images are files"):
+        folder.load(root=tmp_path, path=str(base), val_per_class=1, seed=0)
+
+
+def test_one_class_is_refused_for_folders_and_given_features(tmp_path):
+    for i in range(4):
+        put(tmp_path / "one" / "train" / "cat" / f"{i}.png", i, fmt="PNG")
+        put(tmp_path / "one" / "test" / "cat" / f"{i}.png", i, fmt="PNG")
+    with pytest.raises(UserError, match=r"train holds images of 1 class\(es\) \(cat\); a classifier needs at least"):
+        folder.load(root=tmp_path, path=str(tmp_path / "one"), val_per_class=1)
+    import torch
+
+    from bench.data import given
+    for split in ("train", "test"):
+        torch.save(torch.randn(6, 4), tmp_path / f"{split}_x.pth")
+        torch.save([2] * 6 if split == "train" else [0, 1, 2, 0, 1, 2], tmp_path / f"{split}_y.pth")
+    with pytest.raises(UserError, match=r"train labels in .*train_y.pth hold 1 class\(es\) \[2\]"):
+        given.load(name="f", train_feat_path=tmp_path / "train_x.pth", train_label_path=tmp_path / "train_y.pth",
+                   test_feat_path=tmp_path / "test_x.pth", test_label_path=tmp_path / "test_y.pth")
+
+
+def test_folder_is_named_after_itself_and_logs_the_carve(tmp_path, caplog):
+    fake_datasets.folder(tmp_path)
+    with caplog.at_level("INFO", logger="bench.data.folder"):
+        task = folder.load(root=tmp_path, path=str(tmp_path / "mytask"), val_fraction=0.2, seed=0)
+    assert task.name == "mytask"
+    assert "has no val/: carved 3 of the 15 train images as val (20% of each class, seeded)" in caplog.text
+    assert folder.load(root=tmp_path, path=str(tmp_path / "mytask"), name="pets2", val_fraction=0.2).name == "pets2"
 
 
 # ---- downloads ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def test_probe_matches_sklearn(digits, penalty):
     Xtr, ytr, Xte, yte = digits
     scaler = StandardScaler().fit(Xtr)
     ref = LogisticRegression(C=1 / penalty, tol=1e-10, max_iter=20000).fit(scaler.transform(Xtr), ytr)
-    point = {"penalty": penalty, "max_iter": 20000, "tol": 1e-10, "standardize": True}
+    point = {"penalty": penalty, "max_iter": 20000, "tol": 1e-10, "rtol": 1e-6, "standardize": True}
     heads = linear.fit(torch.tensor(Xtr), torch.tensor(ytr), num_classes=10, points=[point], device="cpu")
     # our heads act on raw features; undo the folded standardisation to compare with sklearn's coefficients
     W = heads.weight[0].numpy() * scaler.scale_
@@ -44,7 +44,7 @@ def test_probe_matches_sklearn(digits, penalty):
 def test_warm_started_sweep_equals_separate_fits(digits):
     Xtr, ytr, _, _ = digits
     X, y = torch.tensor(Xtr), torch.tensor(ytr)
-    pts = [{"penalty": p, "max_iter": 20000, "tol": 1e-10, "standardize": True} for p in (1.0, 1e2, 10.0)]
+    pts = [{"penalty": p, "max_iter": 20000, "tol": 1e-10, "rtol": 1e-6, "standardize": True} for p in (1.0, 1e2, 10.0)]
     sweep = linear.fit(X, y, num_classes=10, points=pts, device="cpu")
     for i, p in enumerate(pts):
         alone = linear.fit(X, y, num_classes=10, points=[p], device="cpu")
@@ -63,3 +63,89 @@ def test_objective_gradient_is_the_autograd_gradient():
     torch.testing.assert_close(loss, ref.detach())
     torch.testing.assert_close(gW, W.grad)
     torch.testing.assert_close(gb, b.grad)
+
+
+def standardized_digits(rows=1000):
+    X = torch.tensor(load_digits().data[:rows])
+    scale = X.std(0, correction=0)
+    return (X - X.mean(0)) / torch.where(scale > 0, scale, 1.0), torch.tensor(load_digits().target[:rows])
+
+
+def relative(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("dtype,rtol,agree", [(torch.float64, 1e-4, 1e-3), (torch.float32, 1e-2, 3e-2)])
+def test_warm_sweep_at_weak_penalties_equals_cold_fits(dtype, rtol, agree):
+    """Each weaker penalty warm-starts from the previous optimum, whose gradient is already below sklearn's
+    absolute tol: the rule relative to the penalty must still move it to this penalty's optimum. Float32
+    (`float64_max=0`, as GPU runs) resolves these optima less finely: about 1% of |W| at penalty 1e-4."""
+    X, y = standardized_digits(600)  # standardised here, so the heads are in the space the rule measures
+    penalties = [1e-2, 1e-3, 1e-4] + ([1e-5, 1e-6] if dtype == torch.float64 else [])
+    pts = [{"penalty": p, "max_iter": 2000, "tol": 1e-4, "rtol": rtol, "standardize": False} for p in penalties]
+    f64max = 1e9 if dtype == torch.float64 else 0
+    sweep = linear.fit(X, y, num_classes=10, points=pts, device="cpu", float64_max=f64max)
+    assert sweep.weight.dtype == dtype
+    for i, p in enumerate(pts):
+        alone = linear.fit(X, y, num_classes=10, points=[p], device="cpu", float64_max=f64max)
+        assert relative(sweep.weight[i], alone.weight[0]) <= agree, p
+        if i:  # adjacent optima differ by 15 to 30% here: the warm fit did not stay where it started
+            assert relative(sweep.weight[i], sweep.weight[i - 1]) > 0.1
+    assert all(f["iterations"] > 0 for f in sweep.fits)
+
+
+def test_adjacent_grid_points_are_different_models_where_their_optima_differ():
+    """The weak half of the default grid on digits pixels (nearly separable: adjacent optima differ by
+    more than 4% of |W|, see above): every head converges, and each differs from its neighbour by more
+    than the stopping rule lets two fits of one optimum differ (2 rtol |W|). Before the relative rule,
+    the heads at the weakest penalties were one model."""
+    X, y = standardized_digits(600)
+    params = {"max_iter": 1000, "tol": 1e-4, "rtol": 1e-2, "standardize": False}
+    pts = [{**params, "penalty": 10.0 ** (-6 + 11 * i / 44)} for i in range(20)]
+    heads = linear.fit(X, y, num_classes=10, points=pts, device="cpu")
+    for a, b in zip(heads.weight[:-1], heads.weight[1:]):
+        assert relative(a, b) > 2 * params["rtol"] * max(1.0, float(a.norm() / b.norm()))
+    assert all(f["converged"] and f["stop"] == "tol" and f["grad_max"] <= 1e-4 for f in heads.fits)
+
+
+def test_a_fit_that_hits_max_iter_says_so():
+    X, y = standardized_digits(300)
+    point = {"penalty": 1e-4, "max_iter": 3, "tol": 1e-4, "rtol": 1e-2, "standardize": True}
+    heads = linear.fit(X, y, num_classes=10, points=[point], device="cpu")
+    assert heads.fits[0]["stop"] == "max_iter" and heads.fits[0]["iterations"] == 3
+    assert not heads.fits[0]["converged"] and heads.fits[0]["rel_grad"] > 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_init_starts_from_the_given_heads_in_a_different_standardisation(dtype):
+    """The refit on train+val starts from heads fitted on train: heads act on raw features, and the refit
+    standardises with other moments. With no iterations allowed, the heads come back unchanged."""
+    X, y = torch.tensor(load_digits().data[:400]), torch.tensor(load_digits().target[:400])
+    point = {"penalty": 1.0, "max_iter": 500, "tol": 1e-4, "rtol": 1e-2, "standardize": True}
+    f64max = 1e9 if dtype == torch.float64 else 0
+    first = linear.fit(X[:300], y[:300], num_classes=10, points=[point], device="cpu", float64_max=f64max)
+    again = linear.fit(X, y, num_classes=10, points=[{**point, "max_iter": 0}], device="cpu", init=first,
+                       float64_max=f64max)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(again.weight, first.weight, rtol=0, atol=1e3 * eps * float(first.weight.abs().max()))
+    torch.testing.assert_close(again.bias, first.bias, rtol=0, atol=1e3 * eps * float(first.bias.abs().max()))
+    if dtype == torch.float64:  # a converged head, given as init on the same rows, needs no iteration
+        same = linear.fit(X[:300], y[:300], num_classes=10, points=[point], device="cpu", init=first)
+        assert first.fits[0]["converged"] and same.fits[0]["iterations"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_column_constant_on_the_fitted_rows_gets_scale_one(dtype):
+    """Column 5 holds one value (0.1: not exact in binary, so its mean is rounded) on train and varies
+    on test: it must carry no weight, and test predictions must not depend on it."""
+    X, y = torch.tensor(load_digits().data[:500]), torch.tensor(load_digits().target[:500])
+    X[:, 5] = 0.1
+    point = {"penalty": 1e-2, "max_iter": 500, "tol": 1e-4, "rtol": 1e-2, "standardize": True}
+    heads = linear.fit(X[:400], y[:400], num_classes=10, points=[point], device="cpu",
+                       float64_max=1e9 if dtype == torch.float64 else 0)
+    assert (heads.weight[0, :, 5] == 0).all()
+    test = X[400:].clone()
+    test[:, 5] = torch.linspace(-10, 10, len(test))
+    assert torch.equal(heads.predict(test), heads.predict(X[400:]))
+    mean, scale = linear.moments(X[:400].to(dtype), True)
+    assert scale[5] == 1 and mean[5] == X[0, 5].to(dtype)

@@ -102,3 +102,64 @@ def test_a_class_too_small_to_carve_val_is_one_sentence():
     d["train"] = (d["train"][0], torch.tensor([0] * 9 + [1]))
     with pytest.raises(UserError, match="cannot carve a val split"):
         run(Oracle(lambda p: 0), d, {"k": [0, 1]})
+
+
+def test_equal_val_scores_in_another_seed_order_tie_and_the_earlier_point_wins():
+    """Val labels 1x class 0, 1x class 1, 5x class 2, 2x class 3: a head predicting one class scores
+    100/9, 100/9 or 500/9. Point k=0 scores (11.1, 11.1, 55.6) over seeds 0..2, point k=1 (11.1, 55.6,
+    11.1): equal means, but summed in that order they differ in the last bit, in float32 and float64."""
+    order = {0: [0, 1, 2], 1: [0, 2, 1]}
+    d = data(val_label=0, test_label=0)
+    d["val"] = (torch.full((9, 2), 2.0), torch.tensor([0, 1, 2, 2, 2, 2, 2, 3, 3]))
+    assert torch.tensor([[100 / 9, 100 / 9, 500 / 9], [100 / 9, 500 / 9, 100 / 9]], dtype=torch.float64).mean(1).diff() > 0
+    out = run(Oracle(lambda p: order[p["k"]][p["seed"]]), d, {"k": [0, 1]}, seeds=(0, 1, 2))
+    assert out["chosen"] == {"k": 0}
+    assert out["curve"][0]["val"] == out["curve"][1]["val"]
+    out = run(Oracle(lambda p: order[1 - p["k"]][p["seed"]]), d, {"k": [0, 1]}, seeds=(0, 1, 2))
+    assert out["chosen"] == {"k": 0}
+
+
+class WarmOracle(Oracle):
+    """An Oracle whose fit takes `init`, as the linear probe's does: it records what it was given."""
+
+    def fit(self, X, y, *, num_classes, points, device, init=None):
+        self.inits = getattr(self, "inits", []) + [init]
+        heads = super().fit(X, y, num_classes=num_classes, points=points, device=device)
+        heads.weight += torch.tensor([float(p["k"] * 10 + p["seed"]) for p in points]).view(-1, 1, 1)
+        return heads
+
+
+def test_the_refit_starts_from_the_heads_validated_at_the_chosen_point():
+    method = WarmOracle(lambda p: p["k"])
+    out = run(method, data(val_label=1, test_label=1), {"k": [0, 1, 2]}, seeds=(0, 1))
+    assert out["chosen"] == {"k": 1} and method.inits[0] is None
+    # the val fit's heads of point k=1, seeds 0 and 1 (weights 10 and 11), in the refit's order
+    assert method.inits[1].weight[:, 0, 0].tolist() == [10.0, 11.0]
+    assert method.inits[1].bias.argmax(1).tolist() == [1, 1]
+
+
+def test_linear_fits_are_recorded_and_a_max_iter_hit_is_flagged_in_the_record_and_the_table():
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    from bench import table
+    from bench.methods import linear
+
+    X, y = torch.tensor(load_digits().data[:300]), torch.tensor(load_digits().target[:300])
+    d = {"train": (X[:150], y[:150]), "val": (X[150:200], y[150:200]), "test": (X[200:], y[200:])}
+    params = {"penalty": 1.0, "max_iter": 500, "tol": 1e-4, "rtol": 1e-2, "standardize": True}
+
+    def select(max_iter):
+        return protocol.select(linear.fit, d, params={**params, "max_iter": max_iter}, grid={"penalty": [10.0, 1e-3]},
+                               seeds=[0], metric="top1", num_classes=10, device="cpu", val_fraction=0.1,
+                               split_seed=0)
+
+    out = select(500)
+    assert out["max_iter_hit"] == [] and out["refit"][0]["converged"]
+    assert all(c["fit"][0]["converged"] and c["fit"][0]["iterations"] > 0 for c in out["curve"])
+    out = select(2)
+    assert out["max_iter_hit"] == [{"penalty": 10.0}, {"penalty": 1e-3}, "refit"]
+    assert [c["fit"][0]["stop"] for c in out["curve"]] == ["max_iter", "max_iter"]
+    row = pd.Series({"mean": 90.0, "std": 0.0, "seeds": 1, "edge": {}, "method": "linear", "delta_vs_linear": 0.0,
+                     "max_iter_hit": True})
+    assert table.cell(row, best=False) == "90.00‡"

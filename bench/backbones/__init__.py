@@ -48,6 +48,8 @@ def make_transform(*, resize: int, crop: int, interpolation: str, mean, std) -> 
 
     `mean`/`std` null means no normalisation ([0, 1] input, as SimCLR checkpoints expect).
     """
+    if resize is None or crop is None:
+        raise UserError("preprocess resize/crop null means the data's own size: bench.job.sized_to_data sets it")
     if interpolation not in INTERPOLATIONS:
         raise UserError(f"unknown interpolation {interpolation!r}; known: {sorted(INTERPOLATIONS)}")
     if isinstance(mean, str) or isinstance(std, str):
@@ -157,15 +159,29 @@ def resnet_shape(state: dict) -> str:
     return f" (it holds a ResNet with {'-'.join(map(str, blocks))} {block} blocks)"
 
 
+def fill_batch_counters(state: dict, target: dict) -> dict:
+    """`state` with BatchNorm's `num_batches_tracked` added where the file lacks it (state dicts saved before
+    torch 0.4.1 added the counter, e.g. torchvision's older ImageNet files). Filled as torch's own
+    `_BatchNorm._load_from_state_dict` does for a state dict without version metadata: with the model's
+    current counter. The counter only drives momentum=None training, never an eval forward pass."""
+    filled = dict(state)
+    for key, counter in target.items():
+        if key.endswith(".num_batches_tracked") and key not in state:
+            filled[key] = counter.clone()
+    return filled
+
+
 def load_strict(model: nn.Module, state: dict, *, arch: str, what: str) -> None:
-    """`load_state_dict(strict=True)`, failing with every missing, unexpected and misshapen key."""
+    """`load_state_dict(strict=True)`, failing with every missing, unexpected and misshapen key (BatchNorm's
+    batch counters excepted: `fill_batch_counters`)."""
     target = model.state_dict()
+    shape, state = resnet_shape(state), fill_batch_counters(state, target)
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
     misshapen = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}"
                  for k in state if k in target and state[k].shape != target[k].shape]
     if missing or unexpected or misshapen:
-        raise UserError(f"{what} does not fit timm's {arch}{resnet_shape(state)}: "
+        raise UserError(f"{what} does not fit timm's {arch}{shape}: "
                         f"{len(missing)} missing keys {missing[:6]}, {len(unexpected)} unexpected keys "
                         f"{unexpected[:6]}, {len(misshapen)} shape mismatches {misshapen[:4]}")
     model.load_state_dict(state, strict=True)

@@ -30,6 +30,7 @@ class Layout:
     drop: tuple[str, ...]   # key prefixes the release is known to hold besides the backbone: discarded
     signature: str          # a backbone key that identifies the layout when the user names none
     by_order: bool = False  # layer names are not torchvision's: pair layers by order (see module doc)
+    also_under: str | None = None  # a bare state dict may also come wrapped under this entry
 
 
 # Sources: each repository's model code and loading instructions (cited in conf/backbone/*.yaml).
@@ -40,8 +41,10 @@ LAYOUTS = {
     # facebookresearch/simsiam: encoder.fc is the projector MLP
     "simsiam": Layout("state_dict", "module.encoder.", ("module.encoder.fc.", "module.predictor."),
                       "module.encoder.conv1.weight"),
-    # facebookresearch/swav (also DeepCluster-v2, SeLa-v2): a bare DistributedDataParallel state dict
-    "swav": Layout(None, "module.", ("module.projection_head.", "module.prototypes."), "module.conv1.weight"),
+    # facebookresearch/swav (also DeepCluster-v2, SeLa-v2): a bare DistributedDataParallel state dict; its
+    # eval_linear.py also takes one under "state_dict" (`if "state_dict" in state_dict: state_dict = ...`)
+    "swav": Layout(None, "module.", ("module.projection_head.", "module.prototypes."), "module.conv1.weight",
+                   also_under="state_dict"),
     # HobbitLong/PyContrast (InfoMin, InsDis, PIRL): {opt, model, model_ema, ...}; heads are module.head*
     # (networks/build_backbone.py; its detection/convert_pretrained.py reads model['module.encoder.*'])
     "pycontrast": Layout("model", "module.encoder.", ("module.head",), "module.encoder.conv1.weight"),
@@ -87,8 +90,11 @@ def detect(raw) -> str | None:
     if haiku.is_byol(raw):
         return BYOL
     for name, layout in LAYOUTS.items():
-        state = raw.get(layout.wrapper) if layout.wrapper and isinstance(raw, dict) else raw
-        if isinstance(state, dict) and layout.signature in state:
+        try:
+            state = unwrap(raw, layout, name)
+        except UserError:
+            continue
+        if layout.signature in state:
             return name
     return None
 
@@ -102,12 +108,15 @@ def convert(raw, layout: str, target: dict[str, torch.Tensor]) -> dict[str, torc
     if layout not in LAYOUTS:
         raise UserError(f"unknown checkpoint layout {layout!r}; known: {', '.join(KNOWN)}")
     spec = LAYOUTS[layout]
-    state = unwrap(raw, spec.wrapper, layout)
+    state = unwrap(raw, spec, layout)
     kept = by_name(state, spec, layout)
     return by_order(group(kept), target, layout) if spec.by_order else kept
 
 
-def unwrap(raw, wrapper: str | None, layout: str) -> dict:
+def unwrap(raw, spec: Layout, layout: str) -> dict:
+    wrapper = spec.wrapper
+    if wrapper is None and spec.also_under and isinstance(raw, dict) and isinstance(raw.get(spec.also_under), dict):
+        wrapper = spec.also_under
     state = raw if wrapper is None else (raw.get(wrapper) if isinstance(raw, dict) else None)
     if not isinstance(state, dict):
         found = sorted(map(str, raw))[:10] if isinstance(raw, dict) else type(raw).__name__

@@ -91,8 +91,9 @@ LISTING = ["name", "arch", "method", "paper", "params", "layout", "published has
 
 
 def layout_rows() -> list[list[str]]:
-    rows = [[name, spec.wrapper or "(the file)", spec.prefix or "-", ", ".join(spec.drop) or "-",
-             "by order" if spec.by_order else "by name"] for name, spec in layouts.LAYOUTS.items()]
+    rows = [[name, spec.wrapper or "(the file)" + (f" or {spec.also_under}" if spec.also_under else ""),
+             spec.prefix or "-", ", ".join(spec.drop) or "-", "by order" if spec.by_order else "by name"]
+            for name, spec in layouts.LAYOUTS.items()]
     return [*rows, [layouts.BYOL, "experiment_state.online_params / online_state (Haiku)", "-",
                     ", ".join(haiku.HEADS), "by order, HWIO -> OIHW"]]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -61,6 +61,7 @@ class Task:
     name: str
     classes: list[str]
     splits: dict[str, ImageList]  # keys: "train", "val", "test"
+    warnings: list[str] = field(default_factory=list)  # what the loader let pass but a reader must know
 
 
 @dataclass
@@ -71,6 +72,7 @@ class FeatureSet:
     num_classes: int
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
     hashes: dict[str, str]
+    warnings: list[str] = field(default_factory=list)  # what the loader let pass but a reader must know
 
 
 def read_rgb(path: str | Path) -> Image.Image:

@@ -3,7 +3,8 @@
     <root>/stanford_cars/devkit/cars_meta.mat            "class_names" (196)
     <root>/stanford_cars/devkit/cars_train_annos.mat     "annotations": bbox_*, class (1-based), fname
     <root>/stanford_cars/cars_train/00001.jpg ...
-    <root>/stanford_cars/cars_test_annos_withlabels.mat  the test annotations *with* their classes
+    <root>/stanford_cars/cars_test_annos_withlabels.mat  the test annotations *with* their classes (many
+                                                         copies keep it under devkit/: both places are read)
     <root>/stanford_cars/cars_test/00001.jpg ...
 
 Val: `val_fraction` (20%) of each class carved from the official train set with the seeded rule
@@ -31,7 +32,7 @@ put them here:
   {folder}/devkit/cars_train_annos.mat
   {folder}/cars_train/00001.jpg ... 08144.jpg
   {folder}/cars_test/00001.jpg ... 08041.jpg
-  {folder}/cars_test_annos_withlabels.mat
+  {folder}/cars_test_annos_withlabels.mat   (or {folder}/devkit/cars_test_annos_withlabels.mat)
 then run `seabench doctor` to check it (8,144 train and 8,041 test images, 196 classes)."""}
 
 
@@ -43,10 +44,15 @@ def annotations(path: Path, images: str) -> tuple[list[str], list[int]]:
     return [f"{images}/{r['fname']}" for r in records], [int(r["class"]) - 1 for r in records]  # 1-based
 
 
+# torchvision's StanfordCars reads the labelled test file from the dataset's folder; many copies keep it in devkit/
+TEST_ANNOTATIONS = ("cars_test_annos_withlabels.mat", "devkit/cars_test_annos_withlabels.mat")
+
+
 def load(*, root, val_fraction: float, seed: int, strict: bool = True):
     base = checks.folder(root, FOLDERS["cars"], "cars")
+    test_name = next((t for t in TEST_ANNOTATIONS if (base / t).is_file()), TEST_ANNOTATIONS[0])
     meta_file, train_file, test_file = checks.need(
-        base, ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat"], "cars")
+        base, ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat", test_name], "cars")
     classes = [str(c) for c in np.atleast_1d(checks.mat(meta_file, ["class_names"])["class_names"])]
     train, test = annotations(train_file, "cars_train"), annotations(test_file, "cars_test")
     found = {"classes": len(classes), "train": len(train[0]), "test": len(test[0])}

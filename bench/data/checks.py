@@ -76,6 +76,10 @@ def task(name: str, classes: Sequence[str], base: Path, parts: Mapping[str, tupl
     if labels and not 0 <= min(labels) <= max(labels) < len(classes):
         raise UserError(f"dataset {name} at {base}: labels span {min(labels)}..{max(labels)} "
                         f"but there are {len(classes)} classes")
+    trained = sorted(set(parts["train"][1]))
+    if len(trained) < 2:
+        raise UserError(f"dataset {name} at {base}: train holds images of {len(trained)} class(es) "
+                        f"({', '.join(classes[t] for t in trained)}); a classifier needs at least two")
     splits = {split: ImageList(list(items), list(ts), read, source=str(Path(base).resolve()))
               for split, (items, ts) in parts.items()}
     return Task(name=name, classes=list(classes), splits=splits)

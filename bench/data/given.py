@@ -55,6 +55,10 @@ def load(*, root=None, name: str, train_feat_path, train_label_path, test_feat_p
             continue
         x, y, hashes[split] = read(split, fp, lp)
         splits[split] = (x, y)
+    trained = splits["train"][1].unique().tolist()
+    if len(trained) < 2:
+        raise UserError(f"the train labels in {train_label_path} hold {len(trained)} class(es) {trained}; "
+                        f"a classifier needs at least two")
     dims = {split: x.shape[1] for split, (x, _) in splits.items()}
     if len(set(dims.values())) > 1:
         raise UserError(f"feature dimensions differ between splits: {dims}")

@@ -1,5 +1,7 @@
 """Feature-space methods. Each module has `fit(X, y, *, num_classes, points, device) -> Heads`:
 `points` is a list of complete hyperparameter dicts (one per head, with its `seed`), all fitted at once.
+A method may also take `init`: Heads (one per point) to start from; the protocol passes it to the
+refit on train+val (the heads validated at the chosen point) only to methods whose `fit` has it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Heads:
 
     weight: torch.Tensor  # [G, C, D]
     bias: torch.Tensor | None  # [G, C]
+    fits: list[dict] | None = None  # per head, how its fit ended (iterations, ...), for methods that say
 
     def predict(self, X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """Predicted classes [G, N], computed in chunks of rows so that [G, N, C] never exists at once."""

@@ -1,0 +1,74 @@
+"""One run in plain Python (bench.job): what identifies its record (device precision included), the pixel
+backbone's size taken from the data, and the warnings a loader leaves in the record."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+
+from bench import cli, job, results, table
+from bench.data import FeatureSet, ImageList
+
+
+def config(tmp_path, *overrides) -> dict:
+    """conf/config.yaml composed with `overrides`, as plain values (what cli.py hands to job.run)."""
+    if not OmegaConf.has_resolver("logspace"):
+        OmegaConf.register_new_resolver("logspace", cli.logspace)
+    with initialize_config_dir(config_dir=str(cli.CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"results_dir={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}",
+                                           "device=cpu", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def features() -> FeatureSet:
+    torch.manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.eye(3, 5)[y] * 4 + torch.randn(60, 5)
+    splits = {"train": (x[:30], y[:30]), "val": (x[30:45], y[30:45]), "test": (x[45:], y[45:])}
+    return FeatureSet(name="given3", num_classes=3, splits=splits, hashes={s: s * 8 for s in splits})
+
+
+def test_a_gpu_and_a_cpu_record_of_one_cell_have_other_signatures_and_paths(tmp_path):
+    cfg = config(tmp_path, "dataset=features", "method=linear")
+    splits = {"train": "a" * 64, "test": "b" * 64}
+    cpu = job.identity(cfg, "features", splits, "w" * 64, torch.device("cpu"))
+    gpu = job.identity(cfg, "features", splits, "w" * 64, torch.device("cuda"))  # no GPU needed to name one
+    assert cpu[0] != gpu[0] and cpu[1] != gpu[1] and cpu[1].parent == gpu[1].parent
+    assert job.precision(torch.device("cuda")) == {"device": "cuda", "extract": "float16 autocast"}
+    assert job.precision(torch.device("cpu")) == {"device": "cpu", "extract": "float32"}
+
+
+def test_a_gpu_run_is_not_skipped_for_a_cpu_record(tmp_path, monkeypatch):
+    cfg = config(tmp_path, "dataset=features", "method=linear", "method.grid.penalty=[1.0]")
+    first = job.run(cfg, features())
+    assert json.loads(first.read_text())["precision"] == {"device": "cpu", "extract": "float32"}
+    assert job.run(cfg, features()) is None  # the same cell on the same device: skipped
+    gpu = {"device": "cuda", "extract": "float16 autocast"}
+    monkeypatch.setattr(job, "precision", lambda device: gpu)  # the device facts of a GPU run, faked
+    second = job.run(cfg, features())
+    assert second is not None and second != first and json.loads(second.read_text())["precision"] == gpu
+    df = table.frame(results.load_all(tmp_path / "results"))
+    assert df.precision.tolist() == ["cuda, float16 autocast extraction"]  # the newest; the other one is named
+
+
+def test_pixels_take_the_size_of_the_data_and_say_so(caplog):
+    images = ImageList(["a", "b"], [0, 1], lambda item: Image.new("RGB", (28, 28) if item == "a" else (32, 30)))
+    preprocess = {"resize": None, "crop": None, "interpolation": "bicubic", "mean": None, "std": None}
+    with caplog.at_level(logging.INFO, logger="bench.job"):
+        sized = job.sized_to_data(preprocess, images)
+    assert sized == {**preprocess, "resize": 28, "crop": 28} and "center crop 28x28" in caplog.text
+    fixed = {**preprocess, "resize": 8, "crop": 8}
+    assert job.sized_to_data(fixed, images) is fixed  # an explicit size is kept
+
+
+@pytest.mark.parametrize("given,shown", [(["backbone=pixels", "backbone.preprocess.resize=28", "+backbone.x=1",
+                                           "method=sea", "~backbone.y"], ["+x=1", "preprocess.resize=28", "~y"]),
+                                         (["dataset=folder", "dataset.name=backbone.z"], [])])
+def test_backbone_overrides_are_what_the_command_line_changed_in_the_backbone(given, shown):
+    assert cli.backbone_overrides(given) == shown
