@@ -127,6 +127,8 @@ def records(results_dir: Path) -> dict[str, str]:
     """Cell key -> record path, for every record under results_dir (older records: keyed from their config)."""
     out = {}
     for record in results.load_all(Path(results_dir)):
-        cell = record.get("cell") or key(record["config"])
-        out[cell] = record["path"]
+        try:
+            out[record.get("cell") or key(record["config"])] = record["path"]
+        except (KeyError, TypeError):  # not a record of a run (no config): nothing of a cell
+            log.warning("%s is not a run record; status ignores it", record["path"])
     return out

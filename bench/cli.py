@@ -100,9 +100,12 @@ def run_main(argv: list[str]) -> int:
     sys.argv = ["seabench run", *argv]
     try:
         task()
-    finally:  # also when Hydra exits: a job that died under submitit raises in its launcher
+    except SystemExit:  # Hydra's own error exit, e.g. when a job died under submitit (its launcher raises)
         if sweep is not None:
             status.report(sweep)
+        raise
+    if sweep is not None:
+        status.report(sweep)
     return 0
 
 

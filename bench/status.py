@@ -108,7 +108,7 @@ def rerun(sweep: Sweep, i: int) -> str:
 
 def status_main(argv: list[str]) -> int:
     failed_only = "--failed" in argv
-    argv = [a for a in argv if a != "--failed"]
+    argv = [a for a in argv if a not in ("--failed", "-m", "--multirun")]  # `run -m`'s own words are welcome
     if len(argv) <= 1 and all("=" not in a for a in argv):  # nothing, or a results dir
         argv = last_sweep(Path(argv[0] if argv else "results"))
     sweep = expand(argv)
