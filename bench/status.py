@@ -135,6 +135,8 @@ def report(sweep: Sweep) -> None:
         lines = [f"  {sweep.varying(i)}: " + (detail if state == "failed" else
                  f"{state}, no record{': ' + detail if detail else ''} (its job's log is under {logs})")
                  for i, state, detail in bad]
+        if len(lines) > 20:  # a launcher that failed as a whole (sbatch refused) leaves every cell missing
+            lines = [*lines[:20], f"  ... and {len(lines) - 20} more: `seabench status <the same overrides>`"]
         raise UserError(f"{len(bad)} run(s) of the sweep failed ({len(found) - len(bad)} of {len(found)} finished); "
                         "`seabench status <the same overrides> --failed` prints the commands to re-run them:\n"
                         + "\n".join(lines))
