@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from filelock import SoftFileLease, Timeout
-from filelock._soft import parse_marker, read_lock_file
 from tqdm import tqdm
 
 from bench import UserError
@@ -88,8 +87,10 @@ def load_entry(path: Path, digest: str) -> dict | None:
 def holder(lock_path: str) -> str:
     """'pid 123 on node7', read from a lock file, or 'another job' when it cannot be read."""
     try:
+        from filelock._soft import parse_marker, read_lock_file  # filelock's reader of its own lease files
+
         record = parse_marker(read_lock_file(lock_path)[0])
-    except (OSError, ValueError):
+    except (ImportError, OSError, ValueError):
         record = None
     return f"pid {record.pid} on {record.hostname}" if record else "another job"
 
