@@ -9,6 +9,7 @@ and cached; every run writes one JSON record; `seabench table` turns the records
     seabench doctor                       which datasets are on disk, complete or not
     seabench data get NAME                download and verify a dataset
     seabench backbones                    the checkpoint zoo, in detail
+    seabench status [--failed] <overrides> each cell of a sweep: done / running / failed / missing
 
 `seabench COMMAND --help` for a command's options; `seabench run --help` for Hydra's.
 """
@@ -16,10 +17,12 @@ and cached; every run writes one JSON record; `seabench table` turns the records
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import signal
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from bench import UserError, temps
@@ -35,6 +38,7 @@ COMMANDS = {
     "data": "bench.data.doctor:data_main",
     "doctor": "bench.data.doctor:doctor_main",
     "backbones": "bench.backbones.zoo:main",
+    "status": "bench.status:status_main",
 }
 
 
@@ -98,7 +102,6 @@ def logspace(start, stop, num) -> list[float]:
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-FAILED: list[str] = []  # the one-sentence errors of a sweep's runs: the sweep goes on, then reports them
 GROUPS = ("backbone", "dataset", "method", "protocol", "experiment")
 MODES = {"-m": "-m", "--multirun": "-m", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info", "--info": "--info"}
 
@@ -180,21 +183,45 @@ def check_overrides(argv: list[str]) -> None:
                             f"keys); to change an existing one, drop the {prefix!r}")
 
 
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("logspace"):
+        OmegaConf.register_new_resolver("logspace", logspace)
+
+
+def start_sweep(argv: list[str]):
+    """Before a sweep launches: its cells, counted and printed; the local launcher's jobs share the cores."""
+    from bench import allocation, status
+
+    sweep = status.expand([a for a in argv if a not in ("-m", "--multirun")])
+    done = sum(state == "done" for state, _ in status.states(sweep))
+    print(f"sweep: {len(sweep.configs)} cells, {done} done, {len(sweep.configs) - done} to run", flush=True)
+    if sweep.launcher.endswith("LocalLauncher"):  # submitit's local executor: `batch` processes at once
+        os.environ[allocation.PARALLEL_ENV] = str(min(sweep.batch or len(sweep.configs), len(sweep.configs)))
+    return sweep
+
+
 def run_main(argv: list[str]) -> int:
     """Hand the overrides to Hydra: `seabench run [-m] key=value ...`."""
     import hydra
-    from omegaconf import OmegaConf
+
+    from bench import status
 
     check_overrides(argv)
     check_choices(argv)
-    if not OmegaConf.has_resolver("logspace"):
-        OmegaConf.register_new_resolver("logspace", logspace)
+    register_resolvers()
+    sweep = start_sweep(argv) if {"-m", "--multirun"} & set(argv) else None
     task = hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(run_job)
     sys.argv = ["seabench run", *argv]
-    FAILED.clear()
-    task()
-    if FAILED:
-        raise UserError(f"{len(FAILED)} run(s) of the sweep failed (the others finished): {'; '.join(FAILED)}")
+    try:
+        task()
+    except SystemExit:  # Hydra's own error exit, e.g. when a job died under submitit (its launcher raises)
+        if sweep is not None:
+            status.report(sweep)
+        raise
+    if sweep is not None:
+        status.report(sweep)
     return 0
 
 
@@ -206,33 +233,51 @@ def backbone_overrides(overrides) -> list[str]:
 
 
 def run_job(cfg) -> None:
+    """One cell, in whichever process the launcher gives it. In a sweep, a failure is written beside the
+    cell's record path (its reason) and the sweep goes on: `run_main` reports every failed cell at the end."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import InstantiationException
     from hydra.types import RunMode
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from bench import checks
+    from bench import cells, checks
 
+    config = OmegaConf.to_container(cfg, resolve=True)
+    hydra = HydraConfig.get()
+    sweep = hydra.mode == RunMode.MULTIRUN
     try:
-        config = OmegaConf.to_container(cfg, resolve=True)
-        checks.validate(config, method_section(HydraConfig.get().runtime.choices["method"]))  # before any work
-        from bench import job  # torch, timm ...: seconds of imports, after the checks
-
-        try:
-            from bench.data.augself import loader_options
-
-            extra = loader_options(config["dataset"], config["protocol"].get("split", "canonical"))
-            dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve(), **extra)
-        except InstantiationException as err:  # Hydra wraps the loader's own errors
-            raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
-        with temps.faults_as_sentences():
-            job.run(config, dataset, backbone_overrides=backbone_overrides(HydraConfig.get().overrides.task))
-    except UserError as err:
-        print(f"seabench: error: {err}", file=sys.stderr)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        checks.validate(config, method_section(hydra.runtime.choices["method"]))  # before any work
+        with cells.running(config) if sweep else nullcontext():
+            run_cell(cfg, config, list(hydra.overrides.task))
+        if sweep:
+            cells.succeed(config)
+    except Exception as err:  # in a sweep every failure is recorded and the sweep goes on; alone, a bug raises
+        if not sweep and not isinstance(err, UserError):
+            raise
+        reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}".splitlines()[0]
+        if not isinstance(err, UserError):
+            logging.getLogger(__name__).exception("the run failed")
+        print(f"seabench: error: {reason}", file=sys.stderr)
+        if not sweep:
             sys.exit(2)
-        FAILED.append(str(err))
+        cells.fail(config, reason, list(hydra.overrides.task))
+
+
+def run_cell(cfg, config: dict, overrides: list[str]) -> None:
+    import torch
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from bench import allocation, job  # torch, timm ...: seconds of imports, after the checks
+    from bench.data.augself import loader_options
+
+    torch.set_num_threads(allocation.threads(config["threads"]))
+    try:
+        extra = loader_options(config["dataset"], config["protocol"].get("split", "canonical"))
+        dataset = instantiate(cfg.dataset.load, root=Path(config["data_root"]).expanduser().resolve(), **extra)
+    except InstantiationException as err:  # Hydra wraps the loader's own errors
+        raise (err.__cause__ if isinstance(err.__cause__, UserError) else err) from None
+    with temps.faults_as_sentences():
+        job.run(config, dataset, backbone_overrides=backbone_overrides(overrides))
 
 
 LISTED = {"methods": "method", "datasets": "dataset", "backbones": "backbone", "protocols": "protocol",

@@ -3,8 +3,10 @@
 An entry's key is the sha256 of everything that changes the features: the backbone's weight hash
 and architecture, its preprocessing, the dataset and the split's (item, label) fingerprint. Entries
 are written under a temporary name and renamed, under a file lock, so a killed job never leaves a
-corrupt entry and concurrent jobs on the same cell extract once. An entry stores the sha256 of its
-tensors; one whose bytes changed on disk is found on load, removed and extracted again.
+corrupt entry and concurrent jobs on the same cell extract once, on one machine or many (the lock is a
+lease file, which works on a network file system; a lease its holder stopped renewing is taken over).
+An entry stores the sha256 of its tensors; one whose bytes changed on disk is found on load, removed and
+extracted again.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import hashlib
 import json
 import logging
 import re
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import SoftFileLease, Timeout
 from tqdm import tqdm
 
 from bench import UserError, temps
@@ -111,19 +115,52 @@ def read_entry(path: Path, digest: str) -> tuple[dict | None, str | None]:
     return (None, problem) if problem else (entry, None)
 
 
-def lock(path: Path):
-    """The lock that makes one job extract an entry while the others wait for it."""
-    return FileLock(str(path) + ".lock")
-
-
 def write_entry(path: Path, entry: dict) -> None:
     with temps.atomic(path, "feature cache entry") as tmp, open(tmp, "wb") as f:  # a file object:
         torch.save(entry, f)  # a full disk is then an OSError ("No space left"), not a RuntimeError of torch
 
 
+def holder(lock_path: str) -> str:
+    """'pid 123 on node7', read from a lock file, or 'another job' when it cannot be read."""
+    try:
+        from filelock._soft import parse_marker, read_lock_file  # filelock's reader of its own lease files
+
+        record = parse_marker(read_lock_file(lock_path)[0])
+    except (ImportError, OSError, ValueError):
+        record = None
+    return f"pid {record.pid} on {record.hostname}" if record else "another job"
+
+
+@contextmanager
+def hold(lock_path: str, *, stale_s: float, what: str):
+    """Hold the lock at `lock_path` (a lease renewed every stale_s / 3 seconds while held); say who holds it
+    while waiting. A dead holder on this host is replaced at once, one on another host after stale_s seconds
+    without a renewal (kill -9, a lost node): every job sharing the cache must use the same stale_s."""
+    lock = SoftFileLease(lock_path, lease_duration=stale_s)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        waiting, start = None, time.monotonic()
+        while True:
+            if (who := holder(lock_path)) != waiting:
+                log.info("waiting for %s to finish %s (its lock is taken over after %g s without renewal)",
+                         who, what, stale_s)
+                waiting = who
+            try:
+                lock.acquire(timeout=min(30.0, stale_s), poll_interval=0.2)
+                break
+            except Timeout:
+                continue
+        log.info("took the lock of %s after %.1f s", what, time.monotonic() - start)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList, *, cache_dir: Path,
            batch_size: int, num_workers: int, device: torch.device,
-           amp: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+           amp: bool = True, lock_stale_s: float = 120.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(features, labels, info) of one split, from the cache or extracted once and stored.
 
     A damaged entry (unreadable, checksum mismatch, NaN) is removed under the lock and extracted again.
@@ -136,7 +173,7 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
     info = {"key": digest, "path": str(path), "amp_float16": amp}
     entry, _ = read_entry(path, digest)
     if entry is None:
-        with lock(path):
+        with hold(str(path) + ".lock", stale_s=lock_stale_s, what=f"extracting {dataset}/{split_name}"):
             entry, problem = read_entry(path, digest)  # another job may have written it while we waited
             if problem:
                 log.warning("the feature cache entry %s is damaged (%s): removed, extracting again", path, problem)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bench import UserError, backbones, checks, features, protocol, results, temps
+from bench import UserError, backbones, cells, checks, features, protocol, results, temps
 from bench.data import FeatureSet, Task, augself
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
     a skipped one. `backbone_overrides` (what the command line changed in the backbone's config, e.g.
     `preprocess.resize=28`) go into the record, so the table can tell such rows apart."""
     checks.validate(config)
-    device, timings, weights = pick_device(config["device"]), {}, {}
+    device, timings, weights, cell = pick_device(config["device"]), {}, {}, cells.key(config)
     if isinstance(dataset, FeatureSet):  # ready-made features: no backbone takes part
         config = {**config, "backbone": {"name": "given", "label": "given features"}}
         splits, num_classes = dict(dataset.hashes), dataset.num_classes
@@ -122,7 +122,8 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
         outcome = protocol.PROTOCOLS[prot["name"]](
             importlib.import_module(method["module"]).fit, data, params=method["params"], seeds=seeds,
             metric=config["dataset"]["metric"], num_classes=num_classes, device=device, **options)
-    record = {"protocol_version": protocol.VERSION, "signature": sig, "config": config, "dataset": dataset.name,
+    record = {"protocol_version": protocol.VERSION, "signature": sig, "cell": cell, "config": config,
+              "dataset": dataset.name,
               "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
               "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
               "backbone_overrides": list(backbone_overrides), "num_classes": num_classes, "splits": splits,
