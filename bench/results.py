@@ -13,7 +13,6 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bench import temps
 
@@ -124,6 +123,8 @@ def provenance(device) -> dict:
     facts = {"git": git_sha(), "python": sys.version.split()[0], "platform": platform.platform(),
              "host": platform.node(), "packages": versions, "argv": sys.argv}
     if device.type == "cuda":
+        import torch  # here, not at the top: `seabench run` checks its settings before torch is imported
+
         facts |= {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
                   "cudnn": torch.backends.cudnn.version()}
     return facts

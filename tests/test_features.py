@@ -134,11 +134,11 @@ def test_a_damaged_entry_is_removed_under_the_lock(tmp_path, task, monkeypatch):
     with open(info["path"], "r+b") as f:
         f.truncate(10)
     held, removals = [False], []
-    real_lock, real_unlink = features.lock, pathlib.Path.unlink
+    real_hold, real_unlink = features.hold, pathlib.Path.unlink
 
     @contextlib.contextmanager
-    def watched(path):
-        with real_lock(path):
+    def watched(lock_path, **kwargs):
+        with real_hold(lock_path, **kwargs):
             held[0] = True
             yield
             held[0] = False
@@ -148,7 +148,7 @@ def test_a_damaged_entry_is_removed_under_the_lock(tmp_path, task, monkeypatch):
             removals.append(held[0])
         return real_unlink(self, *args, **kwargs)
 
-    monkeypatch.setattr(features, "lock", watched)
+    monkeypatch.setattr(features, "hold", watched)
     monkeypatch.setattr(pathlib.Path, "unlink", unlink)
     get(backbone(tmp_path), task, tmp_path)
     assert removals == [True]
