@@ -163,7 +163,8 @@ def check_overrides(argv: list[str]) -> None:
         raise UserError(f"{' and '.join(sorted(modes))} cannot be combined (-m runs a sweep, --cfg prints the "
                         f"config, --info describes it): use one")
     config = read_yaml(CONF / "config.yaml")
-    known = sorted((set(config) - {"defaults"}) | set(GROUPS))
+    launchers = {k for p in (CONF / "hydra" / "launcher").glob("*.yaml") for k in read_yaml(p)}  # e.g. `jobs`
+    known = sorted((set(config) | launchers) - {"defaults", "hydra"} | set(GROUPS))
     chosen = [a.partition("=")[2].split(",") for a in argv if re.match(r"\+?method=", a)]
     defaults = [d["method"] for d in config["defaults"] if isinstance(d, dict) and "method" in d]
     methods = chosen[-1] if chosen else ([] if any(a.startswith("experiment=") for a in argv) else defaults)

@@ -248,7 +248,7 @@ def test_a_disk_fault_outside_the_atomic_writes_is_one_sentence(seabench, tmp_pa
     def no_permission(path):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
-    monkeypatch.setattr(features, "lock", lambda path: no_permission(str(path) + ".lock"))
+    monkeypatch.setattr(features, "hold", lambda lock_path, **kw: no_permission(lock_path))
     refused(seabench("run", *BASE), "cannot use " + str(tmp_path / "cache" / "features" / "digits" / "pixels"))
     assert "Permission denied; no permission to write there" in seabench("run", *BASE)[2]
 
