@@ -4,6 +4,9 @@
 metric (mean over seeds); the best point (ties: the earlier one) is refitted on train+val and
 scored on test once. A pick on the edge of its grid is flagged.
 `reference`: fixed hyperparameters, fit on train, score on test once (the SeA reference code's setting).
+
+Both rules are written once over a learner's `fit_score(points, fit_on, score_on) -> predictions`
+(`choose`, `fixed`): feature methods (`on_features`) and fine-tuning (`bench.finetune`) plug in there.
 """
 
 from __future__ import annotations
@@ -44,10 +47,14 @@ def edges(grid: dict[str, list], chosen: dict) -> dict[str, str]:
     return flags
 
 
-def test_scores(heads, X, y, metric: str) -> dict[str, list[float]]:
-    pred = heads.predict(X)
+def scores(pred: torch.Tensor, y: torch.Tensor, metric: str) -> dict[str, list[float]]:
+    """Test scores of predictions [G, N] (one row per seed)."""
     return {"score": [score(metric, p, y) for p in pred], "top1": [top1(p, y) for p in pred],
             "mean_per_class": [mean_per_class(p, y) for p in pred]}
+
+
+def test_scores(heads, X, y, metric: str) -> dict[str, list[float]]:
+    return scores(heads.predict(X), y, metric)
 
 
 def with_val(data: Data, *, val_fraction: float, split_seed: int) -> Data:
@@ -64,33 +71,56 @@ def with_val(data: Data, *, val_fraction: float, split_seed: int) -> Data:
     return {**data, "train": (X[rest], y[rest]), "val": (X[val], y[val])}
 
 
-def select(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], seeds: list[int], metric: str,
-           num_classes: int, device, val_fraction: float, split_seed: int) -> dict:
+def choose(fit_score: Callable, labels: dict[str, torch.Tensor], *, params: dict, grid: dict[str, list],
+           seeds: list[int], metric: str) -> dict:
+    """The selection rule over any learner. `fit_score(points, fit_on, score_on)` fits every point of
+    `points` (complete hyperparameter dicts with their `seed`) on the split `fit_on` ("train" or
+    "train+val") and returns its predictions [G, N] on the split `score_on`; `labels` maps a split to its
+    labels. Feature methods fit all points at once; fine-tuning trains them one by one."""
     if unknown := set(grid) - set(params):
         raise UserError(f"grid keys {sorted(unknown)} are not hyperparameters of this method; "
                         f"known: {sorted(params)}")
-    data = with_val(data, val_fraction=val_fraction, split_seed=split_seed)
     combos = grid_points(grid)
     points = [{**params, **combo, "seed": s} for combo in combos for s in seeds]
-    pred = fit(*data["train"], num_classes=num_classes, points=points, device=device).predict(data["val"][0])
-    val = torch.tensor([score(metric, p, data["val"][1]) for p in pred]).view(len(combos), len(seeds))
+    pred = fit_score(points, "train", "val")
+    val = torch.tensor([score(metric, p, labels["val"]) for p in pred]).view(len(combos), len(seeds))
     best = int(val.mean(1).argmax())  # argmax returns the first maximum: ties go to the earlier point
     chosen = combos[best]
-    Xtv, ytv = (torch.cat(pair) for pair in zip(data["train"], data["val"]))
-    heads = fit(Xtv, ytv, num_classes=num_classes, points=[{**params, **chosen, "seed": s} for s in seeds],
-                device=device)
+    test = fit_score([{**params, **chosen, "seed": s} for s in seeds], "train+val", "test")
     return {"chosen": chosen, "edge": edges(grid, chosen), "params": {**params, **chosen},
             "curve": [{"point": c, "val": v.mean().item(), "val_per_seed": v.tolist()} for c, v in zip(combos, val)],
-            "test": test_scores(heads, *data["test"], metric), "seeds": seeds,
+            "test": scores(test, labels["test"], metric), "seeds": seeds}
+
+
+def fixed(fit_score: Callable, labels: dict[str, torch.Tensor], *, params: dict, seeds: list[int],
+          metric: str) -> dict:
+    """The `reference` rule over any learner (see `choose`): fixed params, fit on train, test once."""
+    test = fit_score([{**params, "seed": s} for s in seeds], "train", "test")
+    return {"chosen": {}, "edge": {}, "params": params, "curve": [], "seeds": seeds,
+            "test": scores(test, labels["test"], metric)}
+
+
+def on_features(fit: Callable, data: Data, *, num_classes: int, device) -> Callable:
+    """`fit_score` (see `choose`) of a feature method's `fit` on the feature splits `data`."""
+    def fit_score(points, fit_on, score_on):
+        X, y = data[fit_on] if fit_on in data else (torch.cat(pair) for pair in zip(data["train"], data["val"]))
+        return fit(X, y, num_classes=num_classes, points=points, device=device).predict(data[score_on][0])
+
+    return fit_score
+
+
+def select(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], seeds: list[int], metric: str,
+           num_classes: int, device, val_fraction: float, split_seed: int) -> dict:
+    data = with_val(data, val_fraction=val_fraction, split_seed=split_seed)
+    return {**choose(on_features(fit, data, num_classes=num_classes, device=device),
+                     {k: y for k, (_, y) in data.items()}, params=params, grid=grid, seeds=seeds, metric=metric),
             "sizes": {"train": len(data["train"][1]), "val": len(data["val"][1]), "test": len(data["test"][1])}}
 
 
 def reference(fit: Callable, data: Data, *, params: dict, seeds: list[int], metric: str, num_classes: int,
               device) -> dict:
-    heads = fit(*data["train"], num_classes=num_classes, points=[{**params, "seed": s} for s in seeds],
-                device=device)
-    return {"chosen": {}, "edge": {}, "params": params, "curve": [], "seeds": seeds,
-            "test": test_scores(heads, *data["test"], metric),
+    return {**fixed(on_features(fit, data, num_classes=num_classes, device=device),
+                    {k: y for k, (_, y) in data.items()}, params=params, seeds=seeds, metric=metric),
             "sizes": {"train": len(data["train"][1]), "test": len(data["test"][1])}}
 
 

@@ -102,3 +102,19 @@ def test_a_class_too_small_to_carve_val_is_one_sentence():
     d["train"] = (d["train"][0], torch.tensor([0] * 9 + [1]))
     with pytest.raises(UserError, match="cannot carve a val split"):
         run(Oracle(lambda p: 0), d, {"k": [0, 1]})
+
+
+def test_the_rule_over_any_learner_fits_train_then_train_and_val_and_scores_test_once():
+    calls = []
+
+    def fit_score(points, fit_on, score_on):
+        calls.append((fit_on, score_on, [p["k"] for p in points]))
+        return torch.stack([torch.full((4,), p["k"]) for p in points])
+
+    labels = {"val": torch.full((4,), 2), "test": torch.full((4,), 2)}
+    out = protocol.choose(fit_score, labels, params={"k": 0}, grid={"k": [1, 2, 3]}, seeds=[0, 1], metric="top1")
+    assert calls == [("train", "val", [1, 1, 2, 2, 3, 3]), ("train+val", "test", [2, 2])]
+    assert out["chosen"] == {"k": 2} and out["test"]["top1"] == [100.0, 100.0]
+    calls.clear()
+    out = protocol.fixed(fit_score, labels, params={"k": 3}, seeds=[0], metric="top1")
+    assert calls == [("train", "test", [3])] and out["test"]["top1"] == [0.0]
