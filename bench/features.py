@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -91,10 +92,13 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
         with FileLock(str(path) + ".lock"):
             entry = load_entry(path, digest)  # another job may have written it while we waited
             if entry is None:
+                start = time.perf_counter()
                 features = extract(backbone.model, images.with_transform(backbone.transform),
                                    batch_size=batch_size, num_workers=num_workers, device=device,
                                    desc=f"{dataset}/{split_name}")
-                entry = {"features": features, "labels": torch.tensor(images.labels), "key": digest}
+                # the extraction's cost travels with the entry, so the runs that share it can amortise it
+                entry = {"features": features, "labels": torch.tensor(images.labels), "key": digest,
+                         "seconds": round(time.perf_counter() - start, 3), "device": str(device)}
                 tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
                 try:
                     torch.save(entry, tmp)
@@ -102,6 +106,12 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
                 finally:
                     tmp.unlink(missing_ok=True)
                 log.info("extracted %s %s: %s -> %s", dataset, split_name, tuple(features.shape), path)
-                return features, entry["labels"], {**info, "hit": False}
+                return features, entry["labels"], {**info, "hit": False, **cost_of(entry)}
     log.info("cache hit %s %s: %s", dataset, split_name, path)
-    return entry["features"], entry["labels"], {**info, "hit": True}
+    return entry["features"], entry["labels"], {**info, "hit": True, **cost_of(entry)}
+
+
+def cost_of(entry: dict) -> dict:
+    """What the entry's extraction cost when it was made (entries written before this was kept: None)."""
+    return {"images": len(entry["labels"]), "extraction_seconds": entry.get("seconds"),
+            "extraction_device": entry.get("device")}
