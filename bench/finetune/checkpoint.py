@@ -48,8 +48,23 @@ def save(path: Path, state: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def load(path: Path) -> dict | None:
-    """The checkpoint at `path`, or None when there is none or it is damaged (then it is removed)."""
+    """The checkpoint at `path`, or None when there is none or it is damaged (then it is removed).
+    Temporary files that a killed process left beside it are removed too."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not alive(int(pid)):
+            tmp.unlink(missing_ok=True)
     if not path.exists():
         return None
     try:
