@@ -96,7 +96,14 @@ def test_a_job_killed_by_kill_9_resumes_and_ends_with_the_weights_of_an_uninterr
         whole, _ = uninterrupted(run, state["point"], tmp_path / run)
         for key, tensor in whole.items():
             assert torch.equal(tensor, state["net"][key]), f"{run}: {key} differs"
-    assert json.loads(next((job / "results").rglob("*.json")).read_text())["sizes"]["train"] == 997
+    record = json.loads(next((job / "results").rglob("*.json")).read_text())
+    assert record["sizes"] == {"train": 997, "val": 300, "test": 500} and record["features"] == {}
+    assert not (job / "cache" / "features").exists()  # fine-tuning extracts nothing
+    stages = record["cost"]["stages"]
+    assert stages["fit_train"]["images"] == stages["fit_train+val"]["images"] == 40 * 16
+    assert stages["predict_val"]["images"] == 300 and stages["predict_test"]["images"] == 500
+    assert record["cost"]["device"] == "cpu" and record["cost"]["peak_accelerator_memory_bytes"] is None
+    assert [r["fit_on"] for r in record["finetune_runs"]] == ["train", "train+val"]
     assert not list(job.rglob(".*.tmp-*"))
 
 
