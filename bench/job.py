@@ -73,7 +73,7 @@ def check_images_method(config: dict, dataset: Task | FeatureSet) -> None:
     if config["protocol"]["name"] not in FINETUNE_RULES:
         raise UserError(f"method={config['method']['name']} runs under protocol "
                         f"{' or '.join(FINETUNE_RULES)}, not {config['protocol']['name']!r}")
-    finetune.check(config["method"]["params"])
+    finetune.check(config["method"]["params"], config["method"]["grid"], config["finetune"])
 
 
 FINETUNE_RULES = {"selection": protocol.choose, "reference": protocol.fixed}

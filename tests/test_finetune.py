@@ -269,3 +269,18 @@ def test_views_depend_only_on_their_seed(task):
     later = views.Steps(10, batch_size=4, micro_batch=2, steps=6, start=3, seed=0)
     assert list(steps)[6:] == list(later)  # resuming at step 3 gives the batches of steps 3..5
     assert sorted(i for batch in list(steps)[:5] for i, _ in batch) == list(range(10))  # epoch 0: a permutation
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"params": {"steps": 0}}, "method.params.steps must be a positive integer"),
+    ({"grid": {"lr": [0.0, 0.1]}}, "learning rates must be positive"),
+    ({"settings": {"micro_batch": -4}}, "finetune.micro_batch must be a positive integer"),
+    ({"params": {"isda": {"enabled": True, "cov": "lowrank"}}}, "method.params.isda.cov must be one of"),
+])
+def test_bad_settings_are_one_sentence_before_training(change, message):
+    from bench import UserError, finetune
+
+    params = {**PARAMS, **change.get("params", {})}
+    settings = {"micro_batch": None, "checkpoint_every": 500, "eval_batch_size": 128, **change.get("settings", {})}
+    with pytest.raises(UserError, match=message):
+        finetune.check(params, change.get("grid", {"lr": [0.1]}), settings)

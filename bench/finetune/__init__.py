@@ -36,11 +36,18 @@ def digest(point: dict) -> str:
     return hashlib.sha256(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def check(params: dict) -> None:
+def check(params: dict, grid: dict, settings: dict) -> None:
     """One sentence for settings that would fail only after minutes of training."""
     for key in ("steps", "batch_size"):
         if not isinstance(params[key], int) or params[key] < 1:
             raise UserError(f"method.params.{key} must be a positive integer, not {params[key]!r}")
+    for key in ("micro_batch", "checkpoint_every", "eval_batch_size"):
+        value = settings[key]
+        if not (value is None and key == "micro_batch") and (not isinstance(value, int) or value < 1):
+            raise UserError(f"finetune.{key} must be a positive integer, not {value!r}")
+    lrs = [params["lr"], *grid.get("lr", [])]
+    if not all(isinstance(lr, (int, float)) and lr > 0 for lr in lrs):
+        raise UserError(f"learning rates must be positive numbers, not {lrs}")
     if params["isda"]["enabled"] and params["isda"]["cov"] not in isda.COVS:
         raise UserError(f"method.params.isda.cov must be one of {isda.COVS}, not {params['isda']['cov']!r}")
 

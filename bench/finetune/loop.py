@@ -44,6 +44,8 @@ def micro_loss(net: Net, parts, x, params, y, *, point: dict, n_train: int, step
     front, back, head = parts
     m, views = x.shape[:2]
     x = x.transpose(0, 1).reshape(m * views, *x.shape[2:])  # view-major: rows [v * m, (v + 1) * m) are view v
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
     labels = y.repeat(views)
     h = front(x) if front is not None else None
     features = back(h if front is not None else x)
@@ -118,8 +120,6 @@ def train(net: Net, images: Dataset, *, point: dict, preprocess: dict, device: t
     with checkpoint.sigterm_noted() as sigterm:
         for i, (x, params, y) in enumerate(loader):
             x, params, y = x.to(device, non_blocking=True), params.to(device), y.to(device)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = micro_loss(net, parts, x, params, y, point=point, n_train=len(images), step=step)
             (loss * (len(y) / batch)).backward()
