@@ -53,10 +53,6 @@ def scores(pred: torch.Tensor, y: torch.Tensor, metric: str) -> dict[str, list[f
             "mean_per_class": [mean_per_class(p, y) for p in pred]}
 
 
-def test_scores(heads, X, y, metric: str) -> dict[str, list[float]]:
-    return scores(heads.predict(X), y, metric)
-
-
 def with_val(data: Data, *, val_fraction: float, split_seed: int) -> Data:
     """`data` itself when it has a val split, else train split into train and a seeded per-class val."""
     if "val" in data:

@@ -55,15 +55,16 @@ def images_per_second(name: str, *, steps: int, num_workers: int) -> tuple[float
     with tempfile.TemporaryDirectory() as tmp:
         bb = backbones.create(name=name, arch=arch, source="random", preprocess=pre, cache_dir=Path(tmp))
         data = RandomImages(4 * batch)
-        times = []
+        times, cpu = [], []
         for n in (1, 1 + steps):  # the difference of two runs: start-up and the first step cancel out
             point = copy.deepcopy(params) | {"seed": 0, "steps": n, "batch_size": batch}
             net = network(bb, point, num_classes=10, seed=0)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             loop.train(net, data, point=point, preprocess=pre, device=torch.device("cpu"), path=Path(tmp) / f"{n}.pt",
                        micro_batch=None, num_workers=num_workers, checkpoint_every=10**9, compile=False, desc=name)
             times.append(time.perf_counter() - start)
-    return steps * batch / (times[1] - times[0]), batch
+            cpu.append(time.process_time() - start_cpu)
+    return steps * batch / (times[1] - times[0]), steps * batch / (cpu[1] - cpu[0]), batch
 
 
 def main() -> None:
@@ -75,11 +76,14 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
     for name in [args.only] if args.only else list(NETWORKS):
-        rate, batch = images_per_second(name, steps=args.steps, num_workers=args.num_workers)
-        run = 5000 * 64 / rate
-        grid = run * (20 * 3 + 3)
-        print(f"{name:12s} batch {batch:3d} at {NETWORKS[name][1]} px: {rate:8.1f} training images/s; "
-              f"5,000 steps x 64 images: {run / 3600:8.1f} h; default grid (63 runs): {grid / 86400:7.1f} days")
+        rate, per_cpu, batch = images_per_second(name, steps=args.steps, num_workers=args.num_workers)
+        # a shared machine gives this process a fraction of its cores: the CPU-time rate times the cores
+        # is what the machine would do alone (an upper bound: threads do not scale perfectly)
+        alone = per_cpu * torch.get_num_threads()
+        print(f"{name:12s} batch {batch:3d} at {NETWORKS[name][1]} px: {rate:8.2f} training images/s "
+              f"({per_cpu:.2f} per CPU-second, <= {alone:.2f}/s on {torch.get_num_threads()} idle cores); 5,000 steps "
+              f"x 64 images: {5000 * 64 / rate / 3600:.1f} h at the measured rate, >= {5000 * 64 / alone / 3600:.1f} h "
+              f"idle; default grid (63 runs): >= {63 * 5000 * 64 / alone / 86400:.1f} days idle")
 
 
 if __name__ == "__main__":
