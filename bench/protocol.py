@@ -109,7 +109,8 @@ def select(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], se
            num_classes: int, device, val_fraction: float, split_seed: int) -> dict:
     data = with_val(data, val_fraction=val_fraction, split_seed=split_seed)
     return {**choose(on_features(fit, data, num_classes=num_classes, device=device),
-                     {k: y for k, (_, y) in data.items()}, params=params, grid=grid, seeds=seeds, metric=metric),
+                     {k: y for k, (_, y) in data.items()}, params=params, grid=grid, seeds=seeds,
+                     metric=metric),
             "sizes": {"train": len(data["train"][1]), "val": len(data["val"][1]), "test": len(data["test"][1])}}
 
 

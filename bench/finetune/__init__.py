@@ -88,8 +88,10 @@ def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: in
                 log.info("%s: finished earlier, predictions read from %s", desc, done)
             add(cost, f"fit_{fit_on}", result["train"])
             add(cost, f"predict_{score_on}", result["predict"])
-            cost.setdefault("runs", []).append({"fit_on": fit_on, "score_on": score_on, **{k: point[k] for k in GRID_KEYS},
-                                                "seconds": result["train"]["seconds"], "finite": result["train"]["finite"]})
+            cost.setdefault("runs", []).append({"fit_on": fit_on, "score_on": score_on,
+                                                **{key: point[key] for key in GRID_KEYS},
+                                                "seconds": result["train"]["seconds"],
+                                                "finite": result["train"]["finite"]})
             preds.append(result["pred"])
         return torch.stack(preds)
 

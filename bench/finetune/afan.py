@@ -30,7 +30,8 @@ def split(model: nn.Module, stage: int) -> tuple[nn.Module, nn.Module]:
         raise UserError(f"A-FAN needs a ResNet-style backbone (conv1 ... layer1..layerN); "
                         f"{type(model).__name__} has {names}")
     if not 1 <= stage < len(layers):
-        raise UserError(f"afan.stage must be between 1 and {len(layers) - 1} (an intermediate stage), not {stage}")
+        raise UserError(f"afan.stage must be between 1 and {len(layers) - 1} (an intermediate stage), "
+                        f"not {stage}")
     front = nn.Sequential(*(getattr(model, n) for n in STEM + tuple(layers[:stage])))
     back = nn.Sequential(*(getattr(model, n) for n in layers[stage:]), model.global_pool)
     return front, back

@@ -30,7 +30,8 @@ class Estimator(nn.Module):
         self.diag = cov == "diag"
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(num_classes, dim))
-        self.register_buffer("cov", torch.zeros(num_classes, dim) if self.diag else torch.zeros(num_classes, dim, dim))
+        shape = (num_classes, dim) if self.diag else (num_classes, dim, dim)
+        self.register_buffer("cov", torch.zeros(shape))
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:

@@ -78,8 +78,8 @@ def recipe(point: dict, preprocess: dict) -> dict:
 
 
 def build(net: Net, point: dict):
-    opt = torch.optim.SGD(trainable(net), lr=point["lr"], momentum=point["momentum"], nesterov=point["nesterov"],
-                          weight_decay=point["lr_weight_decay"] / point["lr"])
+    opt = torch.optim.SGD(trainable(net), lr=point["lr"], momentum=point["momentum"],
+                          nesterov=point["nesterov"], weight_decay=point["lr_weight_decay"] / point["lr"])
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=point["steps"])
 
 
@@ -137,13 +137,13 @@ def train(net: Net, images: Dataset, *, point: dict, preprocess: dict, device: t
             bar.update(1)
             if sigterm["at"]:
                 save()
-                raise checkpoint.Preempted(f"{desc}: stopped by SIGTERM at step {step} of {steps}; the checkpoint "
-                                           f"{path} is written and the same command resumes from it")
+                raise checkpoint.Preempted(f"{desc}: stopped by SIGTERM at step {step} of {steps}; the "
+                                           f"checkpoint {path} is written and the same command resumes from it")
             if step % checkpoint_every == 0 or step == steps:
                 save()
     bar.close()
     finite = all(bool(torch.isfinite(p).all()) for p in net.parameters())
-    if not finite:  # a grid point whose lr is too large: val scores it (its predictions are junk), it is recorded
+    if not finite:  # an lr too large: val scores the point (its predictions are junk) and the record says so
         log.warning("%s: the weights became NaN or infinite (lr %g)", desc, point["lr"])
     seconds = spent + time.perf_counter() - start
     return {"seconds": round(seconds, 3), "images": steps * batch * views["views"], "steps": steps,

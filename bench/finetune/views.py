@@ -52,7 +52,8 @@ def sample_crop(gen: torch.Generator, height: int, width: int, scale=(0.08, 1.0)
 
 def sample_jitter(gen: torch.Generator, *, brightness: float, contrast: float, saturation: float, hue: float,
                   p: float):
-    """(factors b, c, s, hue shift, order of the four operations); the identity when not applied (prob. 1 - p)."""
+    """(factors b, c, s, hue shift, order of the four operations); the identity when not applied
+    (probability 1 - p)."""
     if uniform(gen, 0, 1) >= p:
         return (1.0, 1.0, 1.0, 0.0), []
     order = torch.randperm(4, generator=gen).tolist()
@@ -104,17 +105,20 @@ class Steps(Sampler):
     the data of a step does not depend on where a run was resumed."""
 
     def __init__(self, n: int, *, batch_size: int, micro_batch: int, steps: int, start: int, seed: int):
-        self.n, self.batch, self.micro, self.steps, self.start, self.seed = n, batch_size, micro_batch, steps, start, seed
+        self.n, self.batch, self.micro = n, batch_size, micro_batch
+        self.steps, self.start, self.seed = steps, start, seed
 
     def permutation(self, epoch: int) -> list[int]:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)).tolist()
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=gen).tolist()
 
     def __iter__(self):
         epoch, perm = None, None
         for step in range(self.start, self.steps):
             for first in range(0, self.batch, self.micro):
                 keys = []
-                for p in range(step * self.batch + first, step * self.batch + min(first + self.micro, self.batch)):
+                first_p = step * self.batch + first
+                for p in range(first_p, first_p + min(self.micro, self.batch - first)):
                     if p // self.n != epoch:
                         epoch, perm = p // self.n, self.permutation(p // self.n)
                     keys.append((perm[p % self.n], (self.seed * 1_000_003 + p) % 2**63))
