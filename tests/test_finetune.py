@@ -284,3 +284,16 @@ def test_bad_settings_are_one_sentence_before_training(change, message):
     settings = {"micro_batch": None, "checkpoint_every": 500, "eval_batch_size": 128, **change.get("settings", {})}
     with pytest.raises(UserError, match=message):
         finetune.check(params, change.get("grid", {"lr": [0.1]}), settings)
+
+
+def test_an_unwritable_checkpoint_folder_is_one_sentence(tmp_path):
+    from bench import UserError
+    from bench.finetune import checkpoint
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write .*checkpoint.pt"):
+        checkpoint.save(blocked / "checkpoint.pt", {"step": 1})
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"half a checkpoint")
+    assert checkpoint.load(damaged) is None and not damaged.exists()  # trained again, not trusted

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch.utils.data import ConcatDataset
 
 from bench import UserError
@@ -77,15 +78,17 @@ def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: in
         for k, point in enumerate(points):
             folder = work_dir / f"{fit_on}-{digest(point)[:16]}"
             done = folder / f"predictions-{score_on}.pt"
-            result = checkpoint.load(done)
             desc = f"finetune {fit_on} {k + 1}/{len(points)} lr={point['lr']:g} seed={point['seed']}"
-            if result is None:
-                result = run(point, images[fit_on], splits[score_on], folder=folder, desc=desc)
-                checkpoint.save(done, result)
-                if not settings["keep_checkpoints"]:
-                    (folder / "checkpoint.pt").unlink(missing_ok=True)
-            else:
-                log.info("%s: finished earlier, predictions read from %s", desc, done)
+            folder.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(folder / "lock")):  # a second job on the same cell waits, then reads the result
+                result = checkpoint.load(done)
+                if result is None:
+                    result = run(point, images[fit_on], splits[score_on], folder=folder, desc=desc)
+                    checkpoint.save(done, result)
+                    if not settings["keep_checkpoints"]:
+                        (folder / "checkpoint.pt").unlink(missing_ok=True)
+                else:
+                    log.info("%s: finished earlier, predictions read from %s", desc, done)
             add(cost, f"fit_{fit_on}", result["train"])
             add(cost, f"predict_{score_on}", result["predict"])
             cost.setdefault("runs", []).append({"fit_on": fit_on, "score_on": score_on,

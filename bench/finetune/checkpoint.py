@@ -7,12 +7,12 @@ current step: a checkpoint is written, then the signal goes on to whoever handle
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import random
 import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +39,16 @@ def set_rng_states(states: dict) -> None:
 
 
 def save(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # a full disk, a read-only folder (torch wraps some in RuntimeError)
+        raise UserError(f"cannot write {path} ({err}); free space or set cache_dir= to a writable folder") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing to remove where nothing could be written
+            tmp.unlink(missing_ok=True)
 
 
 def alive(pid: int) -> bool:
@@ -80,7 +83,7 @@ class Preempted(UserError):
     """A SIGTERM arrived and the checkpoint was written (one sentence if the signal is otherwise ignored)."""
 
 
-@contextmanager
+@contextlib.contextmanager
 def sigterm_noted():
     """Yield a dict whose "at" turns True when a SIGTERM arrives; restore the previous handler after."""
     flag = {"at": False}
