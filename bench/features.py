@@ -179,6 +179,7 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
                 log.warning("the feature cache entry %s is damaged (%s): removed, extracting again", path, problem)
                 path.unlink(missing_ok=True)
             if entry is None:
+                start = time.perf_counter()
                 features = extract(backbone.model, images.with_transform(backbone.transform),
                                    batch_size=batch_size, num_workers=num_workers, device=device,
                                    desc=f"{dataset}/{split_name}", amp=amp)
@@ -186,10 +187,18 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
                     raise UserError(f"backbone {backbone.name} gave NaN or infinite features on "
                                     f"{dataset}/{split_name}")
                 labels = torch.tensor(images.labels)
+                # the extraction's cost travels with the entry, so the runs that share it can amortise it
                 entry = {"features": features, "labels": labels, "key": digest,
-                         "checksum": checksum(features, labels)}
+                         "checksum": checksum(features, labels),
+                         "seconds": round(time.perf_counter() - start, 3), "device": str(device)}
                 write_entry(path, entry)
                 log.info("extracted %s %s: %s -> %s", dataset, split_name, tuple(features.shape), path)
-                return features, labels, {**info, "hit": False}
+                return features, labels, {**info, "hit": False, **cost_of(entry)}
     log.info("cache hit %s %s: %s", dataset, split_name, path)
-    return entry["features"], entry["labels"], {**info, "hit": True}
+    return entry["features"], entry["labels"], {**info, "hit": True, **cost_of(entry)}
+
+
+def cost_of(entry: dict) -> dict:
+    """What the entry's extraction cost when it was made (entries written before this was kept: None)."""
+    return {"images": len(entry["labels"]), "extraction_seconds": entry.get("seconds"),
+            "extraction_device": entry.get("device")}

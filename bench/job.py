@@ -52,6 +52,56 @@ def extract_all(config: dict, backbone, task: Task, device, timings: dict) -> tu
     return data, entries
 
 
+def check_images_method(config: dict, dataset: Task | FeatureSet) -> None:
+    """Fine-tuning's own checks, before any work: it needs images and a protocol it knows."""
+    from bench import finetune
+
+    if isinstance(dataset, FeatureSet):
+        raise UserError(f"method={config['method']['name']} trains on images; dataset={dataset.name} gives "
+                        f"ready-made features")
+    if config["protocol"]["name"] not in FINETUNE_RULES:
+        raise UserError(f"method={config['method']['name']} runs under protocol "
+                        f"{' or '.join(FINETUNE_RULES)}, not {config['protocol']['name']!r}")
+    finetune.check(config["method"]["params"], config["method"]["grid"], config["finetune"])
+
+
+FINETUNE_RULES = {"selection": protocol.choose, "reference": protocol.fixed}
+
+
+def finetune_outcome(config: dict, backbone, task: Task, *, device, seeds: list[int], num_classes: int,
+                     work_dir: Path, cost: dict) -> dict:
+    """The protocol on images: every grid point (x seed) fine-tuned on train and scored on val, and so on."""
+    from bench import finetune
+
+    method, prot = config["method"], config["protocol"]
+    fit_score, labels = finetune.learner(backbone=backbone, splits=task.splits, num_classes=num_classes,
+                                         device=device, work_dir=work_dir, settings=config["finetune"],
+                                         cost=cost)
+    grid = {"grid": method["grid"]} if prot["name"] == "selection" else {}
+    outcome = FINETUNE_RULES[prot["name"]](fit_score, labels, params=method["params"], seeds=seeds,
+                                           metric=config["dataset"]["metric"], **grid)
+    return {**outcome, "sizes": {name: len(split) for name, split in task.splits.items()
+                                 if name in labels and (name != "val" or prot["name"] == "selection")}}
+
+
+def cost_record(device, timings: dict, entries: dict, stages: dict) -> dict:
+    """Wall seconds and images per stage, peak accelerator memory and the device (DESIGN section 7).
+    A feature split's `extraction_seconds` is what its cache entry cost when it was made, whichever run
+    paid it (`cached`): the table can share it among the runs that used the entry."""
+    cost = {"device": str(device), "accelerator": None, "peak_accelerator_memory_bytes": None,
+            "stages": {"backbone": {"seconds": timings.get("backbone"), "images": 0}}}
+    for split, info in entries.items():
+        cost["stages"][f"extract_{split}"] = {
+            "seconds": timings.get(f"features_{split}"), "images": 0 if info["hit"] else info["images"],
+            "cached": info["hit"], "extraction_seconds": info.get("extraction_seconds"),
+            "extraction_images": info["images"], "key": info["key"]}
+    cost["stages"] |= stages or {"fit": {"seconds": timings.get("fit"), "images": 0}}
+    if device.type == "cuda":
+        cost["accelerator"] = torch.cuda.get_device_name(device)
+        cost["peak_accelerator_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    return cost
+
+
 def precision(device: torch.device, amp: bool = True) -> dict:
     """What the device changes in the numbers: a GPU extracts under float16 autocast, a CPU in float32, and
     each method picks its fitting precision from the device type and the problem's size (bench.methods.linear:
@@ -91,7 +141,12 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
     a skipped one. `backbone_overrides` (what the command line changed in the backbone's config, e.g.
     `preprocess.resize=28`) go into the record, so the table can tell such rows apart."""
     checks.validate(config)
+    images = config["method"].get("inputs") == "images"  # fine-tuning: trains on images, extracts nothing
+    if images:
+        check_images_method(config, dataset)
     device, timings, weights, cell = pick_device(config["device"]), {}, {}, cells.key(config)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     if isinstance(dataset, FeatureSet):  # ready-made features: no backbone takes part
         config = {**config, "backbone": {"name": "given", "label": "given features"}}
         splits, num_classes = dict(dataset.hashes), dataset.num_classes
@@ -113,15 +168,20 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
             return None
         log.warning("the record %s cannot be used (%s): running the cell again", path, problem)
     data, entries = (dataset.splits, {}) if isinstance(dataset, FeatureSet) else \
-        extract_all(config, backbone, dataset, device, timings)
+        ({}, {}) if images else extract_all(config, backbone, dataset, device, timings)
     seeds = list(range(config["seeds"])) if method["stochastic"] else [0]
     options = {k: v for k, v in prot.items() if k != "name"}
     if prot["name"] in ("selection", "augself"):
         options["grid"] = method["grid"]
+    work_dir, stages = Path(config["cache_dir"]).expanduser() / "finetune" / sig[:24], {}
     with timed(timings, "fit"):
-        outcome = protocol.PROTOCOLS[prot["name"]](
-            importlib.import_module(method["module"]).fit, data, params=method["params"], seeds=seeds,
-            metric=config["dataset"]["metric"], num_classes=num_classes, device=device, **options)
+        if images:
+            outcome = finetune_outcome(config, backbone, dataset, device=device, seeds=seeds,
+                                       num_classes=num_classes, work_dir=work_dir, cost=stages)
+        else:
+            outcome = protocol.PROTOCOLS[prot["name"]](
+                importlib.import_module(method["module"]).fit, data, params=method["params"], seeds=seeds,
+                metric=config["dataset"]["metric"], num_classes=num_classes, device=device, **options)
     record = {"protocol_version": protocol.VERSION, "signature": sig, "cell": cell, "config": config,
               "dataset": dataset.name,
               "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
@@ -132,8 +192,14 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
               "timings": timings, "device": str(device),
               "precision": precision(device, config["extract"].get("amp", True)),
               "provenance": results.provenance(device),
+              "cost": cost_record(device, timings, entries, stages.get("stages")),
+              **({"finetune_runs": stages.get("runs", [])} if images else {}),
               "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}  # orders a cell's records
     results.write(path, record)
+    if images:
+        from bench import finetune
+
+        finetune.clean(work_dir, keep=config["finetune"]["keep_checkpoints"])
     report(record, path)
     return path
 

@@ -6,6 +6,12 @@ train+val, starting from the heads validated at that point when the method takes
 scored on test once. A pick on the edge of its grid is flagged; so is a fit that stopped at its
 iteration limit (methods that say how their fits ended).
 `reference`: fixed hyperparameters, fit on train, score on test once (the SeA reference code's setting).
+`augself`: AugSelf's linear evaluation: the selection rule on the splits its loaders made, the refit
+warm-started from the chosen classifier when `warm_refit` (its splits come from bench.data.augself).
+
+Each rule is written once over a learner's `fit_score(points, fit_on, score_on, start=None) ->
+(predictions [G, N], fits or None)` (`choose`, `fixed`): feature methods (`on_features`) and fine-tuning
+(`bench.finetune`) plug in there.
 """
 
 from __future__ import annotations
@@ -49,36 +55,23 @@ def edges(grid: dict[str, list], chosen: dict) -> dict[str, str]:
     return flags
 
 
-def test_scores(heads, X, y, metric: str) -> dict[str, list]:
-    """The scores per seed, and the test predictions per seed and labels (packed) for paired tests."""
-    pred = heads.predict(X)
+def scores(pred: torch.Tensor, y: torch.Tensor, metric: str) -> dict[str, list]:
+    """Test scores of predictions [G, N] (one row per seed), and the predictions per seed and the labels
+    (packed) for paired tests."""
     return {"score": [score(metric, p, y) for p in pred], "top1": [top1(p, y) for p in pred],
             "mean_per_class": [mean_per_class(p, y) for p in pred],
             "predictions": [results.pack(p) for p in pred], "labels": results.pack(y)}
 
 
-def fits(heads, rows) -> list[dict] | None:
-    """How the fits of heads `rows` ended, for methods that say so (`Heads.fits`), else None."""
-    return None if heads.fits is None else [heads.fits[r] for r in rows]
-
-
 def max_iter_hit(curve: list[dict], final: list[dict] | None, name: str) -> list:
     """The grid points (and `name`, for the fit scored on test) one of whose fits stopped at max_iter."""
     def hit(ends):
-        return any(f["stop"] == "max_iter" for f in ends or [])
+        return any(f.get("stop") == "max_iter" for f in ends or [])
 
     flagged = [c["point"] for c in curve if hit(c.get("fit"))] + ([name] if hit(final) else [])
     if flagged:
         log.warning("fits stopped at their iteration limit (max_iter), not converged: %s", flagged)
     return flagged
-
-
-def warm_start(fit: Callable, heads, rows) -> dict:
-    """{"init": heads `rows`} for a method whose `fit` takes `init` (the refit then starts where the
-    chosen point was validated), else {}."""
-    if "init" not in inspect.signature(fit).parameters:
-        return {}
-    return {"init": Heads(heads.weight[rows], None if heads.bias is None else heads.bias[rows])}
 
 
 def with_val(data: Data, *, val_fraction: float, split_seed: int) -> Data:
@@ -95,45 +88,78 @@ def with_val(data: Data, *, val_fraction: float, split_seed: int) -> Data:
     return {**data, "train": (X[rest], y[rest]), "val": (X[val], y[val])}
 
 
-def select(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], seeds: list[int], metric: str,
-           num_classes: int, device, val_fraction: float, split_seed: int) -> dict:
+def choose(fit_score: Callable, labels: dict[str, torch.Tensor], *, params: dict, grid: dict[str, list],
+           seeds: list[int], metric: str, warm: bool = True) -> dict:
+    """The selection rule over any learner. `fit_score(points, fit_on, score_on, start=None)` fits every
+    point of `points` (complete hyperparameter dicts with their `seed`) on the split `fit_on` ("train" or
+    "train+val") and returns its predictions [G, N] on the split `score_on`, and how each fit ended (or
+    None); `start`: the rows of the previous call's points to start from (the learner may ignore it).
+    `labels` maps a split to its labels. Feature methods fit all points at once; fine-tuning one by one."""
     if unknown := set(grid) - set(params):
         raise UserError(f"grid keys {sorted(unknown)} are not hyperparameters of this method; "
                         f"known: {sorted(params)}")
-    data = with_val(data, val_fraction=val_fraction, split_seed=split_seed)
-    combos = grid_points(grid)
-    points = [{**params, **combo, "seed": s} for combo in combos for s in seeds]
-    fitted = fit(*data["train"], num_classes=num_classes, points=points, device=device)
-    pred = fitted.predict(data["val"][0])
-    val = torch.tensor([score(metric, p, data["val"][1]) for p in pred], dtype=torch.float64)
-    val = val.view(len(combos), len(seeds))
+    combos, k = grid_points(grid), len(seeds)
+    pred, ends = fit_score([{**params, **combo, "seed": s} for combo in combos for s in seeds], "train", "val")
+    val = torch.tensor([score(metric, p, labels["val"]) for p in pred], dtype=torch.float64).view(len(combos), k)
     # in float64 over the sorted scores: equal per-seed scores in another order give the same mean, to the
     # last bit (a float32 mean, or any mean in another order, can differ there and break a tie)
     best = int(val.sort(1).values.mean(1).argmax())  # argmax returns the first maximum: ties go to the earlier
-    chosen, k = combos[best], len(seeds)
-    Xtv, ytv = (torch.cat(pair) for pair in zip(data["train"], data["val"]))
-    heads = fit(Xtv, ytv, num_classes=num_classes, points=[{**params, **chosen, "seed": s} for s in seeds],
-                device=device, **warm_start(fit, fitted, list(range(best * k, best * k + k))))
+    chosen = combos[best]
+    test, refit = fit_score([{**params, **chosen, "seed": s} for s in seeds], "train+val", "test",
+                            start=list(range(best * k, best * k + k)) if warm else None)
     curve = [{"point": c, "val": v.sort().values.mean().item(), "val_per_seed": v.tolist()}
              for c, v in zip(combos, val)]
-    if fitted.fits is not None:
+    if ends is not None:
         for i, entry in enumerate(curve):
-            entry["fit"] = fits(fitted, range(i * k, i * k + k))
-    refit = fits(heads, range(k))
+            entry["fit"] = ends[i * k:(i + 1) * k]
     return {"chosen": chosen, "edge": edges(grid, chosen), "params": {**params, **chosen}, "curve": curve,
             **({"refit": refit} if refit else {}), "max_iter_hit": max_iter_hit(curve, refit, "refit"),
-            "test": test_scores(heads, *data["test"], metric), "seeds": seeds,
+            "test": scores(test, labels["test"], metric), "seeds": seeds}
+
+
+def fixed(fit_score: Callable, labels: dict[str, torch.Tensor], *, params: dict, seeds: list[int],
+          metric: str) -> dict:
+    """The `reference` rule over any learner (see `choose`): fixed params, fit on train, test once."""
+    test, final = fit_score([{**params, "seed": s} for s in seeds], "train", "test")
+    return {"chosen": {}, "edge": {}, "params": params, "curve": [], "seeds": seeds,
+            **({"fit": final} if final else {}), "max_iter_hit": max_iter_hit([], final, "fit"),
+            "test": scores(test, labels["test"], metric)}
+
+
+def on_features(fit: Callable, data: Data, *, num_classes: int, device) -> Callable:
+    """`fit_score` (see `choose`) of a feature method's `fit` on the feature splits `data`. The heads of
+    the last call are kept: a `start` passes its rows as `init` to a method whose `fit` takes one (the
+    refit then starts where the chosen point was validated)."""
+    takes_init, last = "init" in inspect.signature(fit).parameters, {}
+
+    def fit_score(points, fit_on, score_on, start=None):
+        X, y = data[fit_on] if fit_on in data else (torch.cat(pair) for pair in zip(data["train"], data["val"]))
+        init = {}
+        if start is not None and takes_init:
+            heads = last["heads"]
+            init = {"init": Heads(heads.weight[start], None if heads.bias is None else heads.bias[start])}
+        last["heads"] = heads = fit(X, y, num_classes=num_classes, points=points, device=device, **init)
+        return heads.predict(data[score_on][0]), getattr(heads, "fits", None)
+
+    return fit_score
+
+
+def labels_of(data: Data) -> dict[str, torch.Tensor]:
+    return {split: y for split, (_, y) in data.items()}
+
+
+def select(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], seeds: list[int], metric: str,
+           num_classes: int, device, val_fraction: float, split_seed: int) -> dict:
+    data = with_val(data, val_fraction=val_fraction, split_seed=split_seed)
+    return {**choose(on_features(fit, data, num_classes=num_classes, device=device), labels_of(data),
+                     params=params, grid=grid, seeds=seeds, metric=metric),
             "sizes": {"train": len(data["train"][1]), "val": len(data["val"][1]), "test": len(data["test"][1])}}
 
 
 def reference(fit: Callable, data: Data, *, params: dict, seeds: list[int], metric: str, num_classes: int,
               device) -> dict:
-    heads = fit(*data["train"], num_classes=num_classes, points=[{**params, "seed": s} for s in seeds],
-                device=device)
-    final = fits(heads, range(len(seeds)))
-    return {"chosen": {}, "edge": {}, "params": params, "curve": [], "seeds": seeds,
-            **({"fit": final} if final else {}), "max_iter_hit": max_iter_hit([], final, "fit"),
-            "test": test_scores(heads, *data["test"], metric),
+    return {**fixed(on_features(fit, data, num_classes=num_classes, device=device), labels_of(data),
+                    params=params, seeds=seeds, metric=metric),
             "sizes": {"train": len(data["train"][1]), "test": len(data["test"][1])}}
 
 
@@ -141,32 +167,14 @@ def augself(fit: Callable, data: Data, *, params: dict, grid: dict[str, list], s
             num_classes: int, device, split: str, warm_refit: bool, val_fraction: float = 0.1,
             split_seed: int = 0) -> dict:
     """AugSelf's linear evaluation on the splits its loaders made (`split`, applied by bench.cli through the
-    dataset's loader; the record's `split_rule` says which): the grid on train, scored on val,
-    the first best point (AugSelf's `best_acc < acc`), refitted on train+val starting from the chosen
-    point's heads when `warm_refit` and the method takes `init` (AugSelf refits its best classifier), test once."""
-    if unknown := set(grid) - set(params):
-        raise UserError(f"grid keys {sorted(unknown)} are not hyperparameters of this method; known: {sorted(params)}")
+    dataset's loader; the record's `split_rule` says which): the selection rule (the first best point is
+    AugSelf's `best_acc < acc`), the refit on train+val starting from the chosen point's heads when
+    `warm_refit` and the method takes `init` (AugSelf refits its best classifier), test once."""
     data = with_val(data, val_fraction=val_fraction, split_seed=split_seed)
-    combos = grid_points(grid)
-    sweep = fit(*data["train"], num_classes=num_classes, points=[{**params, **c, "seed": s} for c in combos
-                                                                  for s in seeds], device=device)
-    val = torch.tensor([score(metric, p, data["val"][1]) for p in sweep.predict(data["val"][0])])
-    val = val.view(len(combos), len(seeds))
-    best = int(val.mean(1).argmax())  # the first maximum
     warm = warm_refit and "init" in inspect.signature(fit).parameters
-    chosen_heads = slice(best * len(seeds), (best + 1) * len(seeds))
-    bias = sweep.bias[chosen_heads] if sweep.bias is not None else None
-    init = {"init": Heads(sweep.weight[chosen_heads], bias)} if warm else {}
-    Xtv, ytv = (torch.cat(pair) for pair in zip(data["train"], data["val"]))
-    heads = fit(Xtv, ytv, num_classes=num_classes, points=[{**params, **combos[best], "seed": s} for s in seeds],
-                device=device, **init)
-    fits = getattr(sweep, "fits", None) or [None] * len(combos) * len(seeds)
-    curve = [{"point": c, "val": v.mean().item(), "val_per_seed": v.tolist(),
-              "fits": fits[i * len(seeds):(i + 1) * len(seeds)]} for i, (c, v) in enumerate(zip(combos, val))]
-    return {"chosen": combos[best], "edge": edges(grid, combos[best]), "params": {**params, **combos[best]},
-            "curve": curve, "test": test_scores(heads, *data["test"], metric), "seeds": seeds,
-            "refit": "warm-started from the chosen point's heads" if warm else "from the method's own start",
-            "refit_fits": getattr(heads, "fits", None),
+    return {**choose(on_features(fit, data, num_classes=num_classes, device=device), labels_of(data),
+                     params=params, grid=grid, seeds=seeds, metric=metric, warm=warm_refit),
+            "refit_start": "warm-started from the chosen point's heads" if warm else "from the method's own start",
             "sizes": {name: len(data[name][1]) for name in ("train", "val", "test")}}
 
 

@@ -194,8 +194,8 @@ def test_protocol_refits_warm_from_the_chosen_point():
     params = point(1.0, "float32")
     out = protocol.augself(augself_linear.fit, data, params=params, grid={"penalty": [1e-3, 1.0, 1e3]}, seeds=[0],
                            metric="top1", num_classes=3, device="cpu", split="augself", warm_refit=True)
-    assert out["refit"].startswith("warm") and out["refit_fits"][0]["iterations"] >= 0
-    assert [c["fits"][0]["penalty"] for c in out["curve"]] == [1e-3, 1.0, 1e3]
+    assert out["refit_start"].startswith("warm") and out["refit"][0]["iterations"] >= 0
+    assert [c["fit"][0]["penalty"] for c in out["curve"]] == [1e-3, 1.0, 1e3]
     best = max(c["val"] for c in out["curve"])
     assert out["chosen"] == next(c["point"] for c in out["curve"] if c["val"] == best)  # the first best
     assert len(out["test"]["predictions"]) == 1 and out["sizes"] == {"train": 45, "val": 15, "test": 30}
@@ -239,6 +239,6 @@ def test_a_run_under_protocol_augself_records_its_split_and_warm_refit(tmp_path)
     (path,) = (tmp_path / "results" / "runs").rglob("*.json")
     record = json.loads(path.read_text())
     assert record["split_rule"] == "AugSelf: random_split(trainval, [45000, 5000]) with seed 43"
-    assert record["sizes"] == {"train": 54, "val": 6, "test": 20} and record["refit"].startswith("warm")
+    assert record["sizes"] == {"train": 54, "val": 6, "test": 20} and record["refit_start"].startswith("warm")
     assert record["method"] == "augself_linear" and record["protocol"] == "augself"
-    assert all(f["iterations"] <= 20 for c in record["curve"] for f in c["fits"])
+    assert all(f["iterations"] <= 20 for c in record["curve"] for f in c["fit"])

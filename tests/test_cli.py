@@ -33,6 +33,10 @@ def test_demo_and_table(tmp_path):
         assert len(record["test"]["top1"]) == (1 if record["method"] == "linear" else 3)
         assert min(record["test"]["top1"]) > 60  # real learning on real digits
         assert record["provenance"]["packages"]["torch"]
+        extract = record["cost"]["stages"]["extract_train"]
+        assert extract["extraction_images"] == record["sizes"]["train"] and extract["extraction_seconds"] > 0
+        assert extract["images"] == (0 if extract["cached"] else record["sizes"]["train"])
+        assert record["cost"]["stages"]["fit"]["seconds"] == record["timings"]["fit"]
         if record["method"] == "sea":
             assert "eta" in record["chosen"]
     table = seabench("table", tmp=tmp_path).stdout
@@ -135,6 +139,12 @@ def test_a_sweep_runs_every_cell_and_then_reports_the_failures(tmp_path):
     assert out.returncode == 2
     assert len(list((tmp_path / "results" / "runs" / "digits").rglob("*.json"))) == 1
     assert "1 run(s) of the sweep failed" in out.stderr and "dataset dtd is not on disk" in out.stderr
+
+
+def test_finetune_needs_images_and_a_protocol_it_knows(tmp_path, given):
+    text = error_of(seabench("run", "dataset=features", "method=finetune", *given, tmp=tmp_path, check=False))
+    assert "method=finetune trains on images; dataset=features gives ready-made features" in text
+    assert "Traceback" not in text and not (tmp_path / "results" / "runs").exists()
 
 
 @pytest.mark.parametrize("override,message", [

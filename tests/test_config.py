@@ -37,7 +37,20 @@ def test_methods_compose_and_their_grids_sweep_their_params(method):
     cfg = composed(f"method={method}")["method"]
     assert cfg["name"] == method and set(cfg["grid"]) <= set(cfg["params"])
     assert all(isinstance(v, list) and v for v in cfg["grid"].values())
-    assert callable(importlib.import_module(cfg["module"]).fit)
+    entry = "learner" if cfg.get("inputs") == "images" else "fit"  # fine-tuning takes images, not features
+    assert callable(getattr(importlib.import_module(cfg["module"]), entry))
+
+
+def test_finetune_grid_is_the_ssl_transfer_grid():
+    cfg = composed("method=finetune")["method"]
+    assert cfg["grid"]["lr"] == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+    # weight decay in {0} + logspace(-6, -3, 4) / lr, swept as the product lr x weight decay
+    assert cfg["grid"]["lr_weight_decay"] == pytest.approx([0.0, 1e-6, 1e-5, 1e-4, 1e-3])
+    assert cfg["params"]["steps"] == 5000 and cfg["params"]["batch_size"] == 64 and cfg["params"]["nesterov"]
+    for aux in ("isda", "afan", "augself"):
+        variant = composed(f"method=finetune_{aux}")["method"]
+        assert variant["params"][aux]["enabled"] and variant["grid"] == cfg["grid"]
+        assert [k for k in ("isda", "afan", "augself") if variant["params"][k]["enabled"]] == [aux]
 
 
 def test_linear_grid_is_45_log_spaced_penalties():

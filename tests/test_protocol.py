@@ -163,3 +163,19 @@ def test_linear_fits_are_recorded_and_a_max_iter_hit_is_flagged_in_the_record_an
     row = pd.Series({"mean": 90.0, "std": 0.0, "seeds": 1, "edge": {}, "method": "linear", "delta_vs_linear": 0.0,
                      "max_iter_hit": True})
     assert table.cell(row, best=False) == "90.00‡"
+
+
+def test_the_rule_over_any_learner_fits_train_then_train_and_val_and_scores_test_once():
+    calls = []
+
+    def fit_score(points, fit_on, score_on, start=None):
+        calls.append((fit_on, score_on, [p["k"] for p in points], start))
+        return torch.stack([torch.full((4,), p["k"]) for p in points]), None
+
+    labels = {"val": torch.full((4,), 2), "test": torch.full((4,), 2)}
+    out = protocol.choose(fit_score, labels, params={"k": 0}, grid={"k": [1, 2, 3]}, seeds=[0, 1], metric="top1")
+    assert calls == [("train", "val", [1, 1, 2, 2, 3, 3], None), ("train+val", "test", [2, 2], [2, 3])]
+    assert out["chosen"] == {"k": 2} and out["test"]["top1"] == [100.0, 100.0]
+    calls.clear()
+    out = protocol.fixed(fit_score, labels, params={"k": 3}, seeds=[0], metric="top1")
+    assert calls == [("train", "test", [3], None)] and out["test"]["top1"] == [0.0]

@@ -51,7 +51,8 @@ def fit_one(X, Y1, w: float, W, b, *, max_iter: int, tolerance_grad: float, tole
     iterations = opt.state[opt.param_groups[0]["params"][0]]["n_iter"]
     grad = max(grad_W.abs().max().item(), grad_b.abs().max().item())
     return {"penalty": w, "iterations": iterations, "max_grad": grad, "loss": loss.item(),
-            "converged": grad <= tolerance_grad, "hit_max_iter": iterations >= max_iter}
+            "converged": grad <= tolerance_grad, "hit_max_iter": iterations >= max_iter,
+            "stop": "tol" if grad <= tolerance_grad else "max_iter" if iterations >= max_iter else "no progress"}
 
 
 def initial(num_classes: int, dim: int, seed: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,128 @@
+"""Fine-tuning (`method=finetune`): backbone + linear head trained end to end on the images, with the
+auxiliary losses that bring ISDA, A-FAN and AugSelf in their native end-to-end form (isda.py, afan.py,
+augself.py). The protocol drives it through the same rules as the feature methods (bench.protocol.choose
+/ fixed): `learner` is its `fit_score`.
+
+Every training run (one grid point and seed, on one split) lives in its own folder under the job's work
+folder, named by the hash of its complete hyperparameters: its checkpoint while it trains, then its
+predictions on the scored split. A job started again with the same command skips the finished runs and
+resumes the unfinished one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from torch.utils.data import ConcatDataset
+
+from bench import UserError
+from bench.backbones import Backbone
+from bench.data import ImageList
+from bench.finetune import checkpoint, isda, loop
+from bench.finetune.net import Net, predict
+
+log = logging.getLogger(__name__)
+
+GRID_KEYS = ("lr", "lr_weight_decay", "seed")  # what a training run of the record is named by
+
+
+def digest(point: dict) -> str:
+    return hashlib.sha256(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check(params: dict, grid: dict, settings: dict) -> None:
+    """One sentence for settings that would fail only after minutes of training."""
+    for key in ("steps", "batch_size"):
+        if not isinstance(params[key], int) or params[key] < 1:
+            raise UserError(f"method.params.{key} must be a positive integer, not {params[key]!r}")
+    for key in ("micro_batch", "checkpoint_every", "eval_batch_size"):
+        value = settings[key]
+        if not (value is None and key == "micro_batch") and (not isinstance(value, int) or value < 1):
+            raise UserError(f"finetune.{key} must be a positive integer, not {value!r}")
+    lrs = [params["lr"], *grid.get("lr", [])]
+    if not all(isinstance(lr, (int, float)) and lr > 0 for lr in lrs):
+        raise UserError(f"learning rates must be positive numbers, not {lrs}")
+    if params["isda"]["enabled"] and params["isda"]["cov"] not in isda.COVS:
+        raise UserError(f"method.params.isda.cov must be one of {isda.COVS}, not {params['isda']['cov']!r}")
+
+
+def network(backbone: Backbone, params: dict, *, num_classes: int, seed: int) -> Net:
+    dim = backbone.model.num_features if hasattr(backbone.model, "num_features") else None
+    if dim is None:
+        raise UserError(f"backbone {backbone.name} cannot be fine-tuned: it is no timm network")
+    a, s, i = params["afan"], params["augself"], params["isda"]
+    return Net(backbone.model, dim=dim, num_classes=num_classes, seed=seed,
+               afan_stage=a["stage"] if a["enabled"] else None,
+               augself_weights=s["weights"] if s["enabled"] else None, augself_hidden=s["hidden"],
+               isda_cov=i["cov"] if i["enabled"] else None)
+
+
+def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: int, device: torch.device,
+            work_dir: Path, settings: dict, cost: dict):
+    """`fit_score(points, fit_on, score_on)` for bench.protocol, and the labels of the splits.
+
+    `settings`: micro_batch, num_workers, checkpoint_every, compile, eval_batch_size (the unsigned
+    `finetune` block of the config: they change how fast, not what). `cost` collects per stage the wall
+    seconds, images and steps."""
+    images = {**splits, "train+val": ConcatDataset([splits["train"], splits["val"]])}
+
+    def fit_score(points: list[dict], fit_on: str, score_on: str, start=None) -> tuple[torch.Tensor, None]:
+        # `start` is ignored: each run starts from the backbone's weights and a fresh head
+        preds = []
+        for k, point in enumerate(points):
+            folder = work_dir / f"{fit_on}-{digest(point)[:16]}"
+            done = folder / f"predictions-{score_on}.pt"
+            desc = f"finetune {fit_on} {k + 1}/{len(points)} lr={point['lr']:g} seed={point['seed']}"
+            folder.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(folder / "lock")):  # a second job on the same cell waits, then reads the result
+                result = checkpoint.load(done)
+                if result is None:
+                    result = run(point, images[fit_on], splits[score_on], folder=folder, desc=desc)
+                    checkpoint.save(done, result)
+                    if not settings["keep_checkpoints"]:
+                        (folder / "checkpoint.pt").unlink(missing_ok=True)
+                else:
+                    log.info("%s: finished earlier, predictions read from %s", desc, done)
+            add(cost, f"fit_{fit_on}", result["train"])
+            add(cost, f"predict_{score_on}", result["predict"])
+            cost.setdefault("runs", []).append({"fit_on": fit_on, "score_on": score_on,
+                                                **{key: point[key] for key in GRID_KEYS},
+                                                "seconds": result["train"]["seconds"],
+                                                "finite": result["train"]["finite"]})
+            preds.append(result["pred"])
+        return torch.stack(preds), None
+
+    def run(point: dict, train: ImageList, scored: ImageList, *, folder: Path, desc: str) -> dict:
+        net = network(backbone, point, num_classes=num_classes, seed=point["seed"])
+        spent = loop.train(net, train, point=point, preprocess=backbone.preprocess, device=device,
+                           path=folder / "checkpoint.pt", micro_batch=settings["micro_batch"],
+                           num_workers=settings["num_workers"], checkpoint_every=settings["checkpoint_every"],
+                           compile=settings["compile"], desc=desc)
+        start = time.perf_counter()
+        pred = predict(net, scored.with_transform(backbone.transform), batch_size=settings["eval_batch_size"],
+                       num_workers=settings["num_workers"], device=device, amp=loop.autocast_ok(device),
+                       desc=f"{desc} predict")
+        return {"pred": pred, "train": spent,
+                "predict": {"seconds": round(time.perf_counter() - start, 3), "images": len(scored)}}
+
+    return fit_score, {name: torch.tensor(s.labels) for name, s in splits.items()}
+
+
+def add(cost: dict, stage: str, spent: dict) -> None:
+    into = cost.setdefault("stages", {}).setdefault(stage, {})
+    for key, value in spent.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            into[key] = round(into.get(key, 0) + value, 3)
+
+
+def clean(work_dir: Path, *, keep: bool) -> None:
+    """After the record is written: remove the job's work folder (unless its checkpoints are to be kept)."""
+    if not keep:
+        shutil.rmtree(work_dir, ignore_errors=True)
