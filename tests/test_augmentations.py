@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from bench.methods import isda, noise
+from bench.methods import afan, isda, noise
 
 BASE = {"momentum": 0.9, "weight_decay": 1e-4, "batch_size": 64, "epochs": 3, "lamda": 0.1, "delta": 0.0}
 # per method: the values two heads of a stack differ in (besides seed, lr and center)
@@ -13,6 +13,7 @@ METHODS = {
     "noise": (noise, [{"sigma": 0.1}, {"sigma": 0.5}]),
     "isda-diag": (isda, [{"lambda0": 0.1, "cov": "diag", "rank": 4}, {"lambda0": 1.0, "cov": "diag", "rank": 4}]),
     "isda-lowrank": (isda, [{"lambda0": 0.5, "cov": "lowrank", "rank": 4}, {"lambda0": 0.5, "cov": "full", "rank": 4}]),
+    "afan": (afan, [{"gamma": 0.1, "steps": 1, "eps": 0.0, "mix": 0.0}, {"gamma": 0.2, "steps": 2, "eps": 0.3, "mix": 0.5}]),
 }
 
 
