@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -92,19 +94,31 @@ def run(config: dict, dataset: Task | FeatureSet) -> Path | None:
     options = {k: v for k, v in prot.items() if k != "name"}
     if prot["name"] == "selection":
         options["grid"] = method["grid"]
+    fit, costs = method_fit(method["module"], cache_dir=Path(config["cache_dir"]))
     with timed(timings, "fit"):
         outcome = protocol.PROTOCOLS[prot["name"]](
-            importlib.import_module(method["module"]).fit, data, params=method["params"], seeds=seeds,
+            fit, data, params=method["params"], seeds=seeds,
             metric=config["dataset"]["metric"], num_classes=num_classes, device=device, **options)
+    timings.update(costs.pop("timings", {}))  # parts of the fit a method times itself (a flow's fit)
     record = {"protocol_version": protocol.VERSION, "signature": sig, "config": config, "dataset": dataset.name,
               "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
               "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
               "num_classes": num_classes, "splits": splits, "features": entries, **weights, **outcome,
+              **({"method_costs": costs} if costs else {}),
               "timings": timings, "device": str(device), "provenance": results.provenance(device),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     results.write(path, record)
     report(record, path)
     return path
+
+
+def method_fit(module: str, *, cache_dir: Path):
+    """The method's `fit`, given the optional keywords it takes: `cache_dir` (where it may cache what it
+    fits, e.g. a flow) and `costs` (a dict it fills with notes on its own work); also that dict."""
+    fit, costs = importlib.import_module(module).fit, {}
+    accepted = inspect.signature(fit).parameters
+    extra = {"cache_dir": cache_dir, "costs": costs}
+    return partial(fit, **{k: v for k, v in extra.items() if k in accepted}), costs
 
 
 def report(record: dict, path: Path) -> None:

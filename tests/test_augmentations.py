@@ -5,15 +5,18 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from bench.methods import afan, isda, noise
+from bench.methods import afan, flow, isda, noise
 
 BASE = {"momentum": 0.9, "weight_decay": 1e-4, "batch_size": 64, "epochs": 3, "lamda": 0.1, "delta": 0.0}
+FLOW = {"pca_dim": 8, "flow_transforms": 2, "flow_hidden": 16, "flow_epochs": 3, "flow_batch_size": 256,
+        "flow_lr": 1e-3, "flow_seed": 0}
 # per method: the values two heads of a stack differ in (besides seed, lr and center)
 METHODS = {
     "noise": (noise, [{"sigma": 0.1}, {"sigma": 0.5}]),
     "isda-diag": (isda, [{"lambda0": 0.1, "cov": "diag", "rank": 4}, {"lambda0": 1.0, "cov": "diag", "rank": 4}]),
     "isda-lowrank": (isda, [{"lambda0": 0.5, "cov": "lowrank", "rank": 4}, {"lambda0": 0.5, "cov": "full", "rank": 4}]),
     "afan": (afan, [{"gamma": 0.1, "steps": 1, "eps": 0.0, "mix": 0.0}, {"gamma": 0.2, "steps": 2, "eps": 0.3, "mix": 0.5}]),
+    "flow": (flow, [{"mode": m, "eps": e, "norm": "l2", "steps": 1, "alpha": 1.0} | FLOW for m, e in (("rand", 0.3), ("adv", 0.1))]),
 }
 
 
