@@ -73,59 +73,65 @@ def max_rank(y, *, num_classes: int, dim: int, cov: str, rank: int) -> int:
     return min(int(torch.bincount(y, minlength=num_classes).max()), dim)
 
 
-def quadratic(W, S, F) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """q [G, C, C], q[g, c, j] = (w_j - w_c)^T Sigma_c (w_j - w_c) for the heads W [G, C, D]; also the
-    factor's differences E[g, c, r, j] = F_cr . (w_j - w_c) (None without a factor)."""
+def quadratic(W, S, F, rows=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """q [G, R, C], q[g, c, j] = (w_j - w_c)^T Sigma_c (w_j - w_c) for the heads W [G, C, D] and the classes
+    c of `rows` (all when None; S and F are then given for those rows only); also the factor's differences
+    E[g, c, r, j] = F_cr . (w_j - w_c) (None without a factor)."""
     G, C, D = W.shape
-    q = W.new_zeros(G, C, C)
+    rows = torch.arange(C, device=W.device) if rows is None else rows
+    Wr = W[:, rows]  # w_c
+    q = W.new_zeros(G, len(rows), C)
     if S is not None:  # sum_d S_cd (w_jd - w_cd)^2, expanded
-        SW = S * W
-        q += ((W * W) @ S.T).transpose(1, 2) - 2 * SW @ W.transpose(1, 2) + (SW * W).sum(-1, keepdim=True)
+        SW = S * Wr
+        q += S @ (W * W).transpose(1, 2) - 2 * SW @ W.transpose(1, 2) + (SW * Wr).sum(-1, keepdim=True)
     E = None
     if F is not None:
         r = F.shape[1]
-        P = (F.reshape(C * r, D) @ W.transpose(1, 2)).view(G, C, r, C)  # F_cr . w_j
-        E = P - P.diagonal(dim1=1, dim2=3).transpose(1, 2)[..., None]  # minus F_cr . w_c
+        P = (F.reshape(-1, D) @ W.transpose(1, 2)).view(G, len(rows), r, C)  # F_cr . w_j
+        E = P - P.gather(3, rows.view(1, -1, 1, 1).expand(G, -1, r, 1))  # minus F_cr . w_c
         q = q + E.pow(2).sum(2)
     return q, E
 
 
-def quadratic_grad(W, S, F, E, M) -> torch.Tensor:
-    """d/dW of sum_cj M[g, c, j] q[g, c, j], for q and E from `quadratic`."""
+def quadratic_grad(W, S, F, E, M, rows=None) -> torch.Tensor:
+    """d/dW of sum_cj M[g, c, j] q[g, c, j], for q and E from `quadratic` (same `rows`)."""
     G, C, D = W.shape
+    rows = torch.arange(C, device=W.device) if rows is None else rows
     out = torch.zeros_like(W)
     if S is not None:
-        Mt = M.transpose(1, 2)
-        out += 2 * (W * (Mt @ S) - Mt @ (S * W))  # as w_j
-        out -= 2 * S * (M @ W - M.sum(-1, keepdim=True) * W)  # as w_c
+        Wr, Mt = W[:, rows], M.transpose(1, 2)
+        out += 2 * (W * (Mt @ S) - Mt @ (S * Wr))  # as w_j
+        out.index_add_(1, rows, -2 * S * (M @ W - M.sum(-1, keepdim=True) * Wr))  # as w_c
     if F is not None:
         r = F.shape[1]
         H = 2 * M[:, :, None, :] * E  # d/dP[g, c, r, j] through w_j ...
-        H.diagonal(dim1=1, dim2=3).sub_(H.sum(-1).transpose(1, 2))  # ... and through w_c (j = c)
-        out += H.reshape(G, C * r, C).transpose(1, 2) @ F.reshape(C * r, D)
+        H.scatter_add_(3, rows.view(1, -1, 1, 1).expand(G, -1, r, 1), -H.sum(-1, keepdim=True))  # ... and w_c
+        out += H.reshape(G, -1, C).transpose(1, 2) @ F.reshape(-1, D)
     return out
 
 
 def augmented(xW, q, y1, lam, lamda) -> torch.Tensor:
-    """ISDA's pre-temperature logits [G, B, C]: z_ij + (lambda / (2 lamda)) q[y_i, j] (module docstring)."""
+    """ISDA's pre-temperature logits [G, B, C]: z_ij + (lambda / (2 lamda)) q[y_i, j] (module docstring);
+    y1 [G, B, R] is one-hot over the R classes of q's rows."""
     return xW + lam / (2 * lamda) * (y1 @ q)
 
 
 def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
     """d loss / d W of the ISDA loss of each head's batch, in chunks of heads (see BUDGET)."""
-    S, F = hp["stats"]["S"], hp["stats"]["F"]
     G, C, _ = W.shape
-    x = xs[slot]
+    rows = (y1.sum((0, 1)) > 0).nonzero().squeeze(1)  # only the classes of the batches' examples have a q row
+    S, F = (None if v is None else v[rows] for v in (hp["stats"]["S"], hp["stats"]["F"]))
+    y1r, x = y1[..., rows], xs[slot]
     out = torch.empty_like(W)
-    step = max(1, BUDGET // (C * C * (F.shape[1] if F is not None else 1)))
+    step = max(1, BUDGET // (len(rows) * C * (F.shape[1] if F is not None else 1)))
     for start in range(0, G, step):
         h = slice(start, start + step)
-        q, E = quadratic(W[h], S, F)
+        q, E = quadratic(W[h], S, F, rows)
         lam, lamda = hp["lambda0"][h] * hp["epoch"], hp["lamda"][h]  # [g, 1, 1]
-        z = augmented(torch.einsum("gbd,gcd->gbc", x[h], W[h]), q, y1[h], lam, lamda)
+        z = augmented(torch.einsum("gbd,gcd->gbc", x[h], W[h]), q, y1r[h], lam, lamda)
         r = logit_grad_at(z, y1[h], {"delta": hp["delta"][h], "lamda": lamda})  # d loss / d z
-        M = lam / (2 * lamda) * (y1[h].transpose(1, 2) @ r)  # d loss / d q[c, j]: class c's rows of r, summed
-        out[h] = torch.einsum("gbc,gbd->gcd", r, x[h]) + quadratic_grad(W[h], S, F, E, M)
+        M = lam / (2 * lamda) * (y1r[h].transpose(1, 2) @ r)  # d loss / d q[c, j]: class c's rows of r, summed
+        out[h] = torch.einsum("gbc,gbd->gcd", r, x[h]) + quadratic_grad(W[h], S, F, E, M, rows)
     return out
 
 
