@@ -100,3 +100,14 @@ def test_the_step_in_principal_coordinates_equals_the_literal_recipe(features, c
     loss = 0.1 * F.cross_entropy((x_new @ Wg.transpose(1, 2) / 0.1).transpose(1, 2), y1.argmax(-1), reduction="none")
     want = torch.autograd.grad(loss.mean(1).sum(), Wg)[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_mode_norm_or_mixed_flow_settings_are_one_sentence():
+    from bench import UserError
+
+    point = {"mode": "rand", "norm": "l2", "pca_dim": 8, "flow_transforms": 2, "flow_hidden": 16, "flow_epochs": 3,
+             "flow_batch_size": 256, "flow_lr": 1e-3, "flow_seed": 0}
+    with pytest.raises(UserError, match="mode must be one of rand, adv"):
+        flow.check([point | {"mode": "gaussian"}])
+    with pytest.raises(UserError, match="one flow serves the whole grid"):
+        flow.check([point, point | {"pca_dim": 4}])
