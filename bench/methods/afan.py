@@ -36,7 +36,8 @@ def ascend(W, x, y1, hp, steps: int) -> torch.Tensor:
     for _ in range(steps):
         grad = torch.einsum("gbc,gcd->gbd", logit_grad(W, x_adv, y1, hp), W)  # d loss / d x, up to a positive factor
         x_adv = x_adv + step * grad.sign()
-        x_adv = torch.where(clip, torch.minimum(torch.maximum(x_adv, x - radius), x + radius), x_adv)
+        if clip.any():
+            x_adv = torch.where(clip, torch.minimum(torch.maximum(x_adv, x - radius), x + radius), x_adv)
     return x_adv
 
 
