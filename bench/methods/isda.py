@@ -75,7 +75,7 @@ def max_rank(y, *, num_classes: int, dim: int, cov: str, rank: int) -> int:
 
 def quadratic(W, S, F, rows=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """q [G, R, C], q[g, c, j] = (w_j - w_c)^T Sigma_c (w_j - w_c) for the heads W [G, C, D] and the classes
-    c of `rows` (all when None; S and F are then given for those rows only); also the factor's differences
+    c of `rows` (all when None), whose statistics S [R, D] and F [R, r, D] are; also the factor's differences
     E[g, c, r, j] = F_cr . (w_j - w_c) (None without a factor)."""
     G, C, D = W.shape
     rows = torch.arange(C, device=W.device) if rows is None else rows
