@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# the offline demo: digits x {pixels, random-init ResNet-10-T} x {linear, sgd, sea}, then the table
+# the offline demo: digits x {pixels, random-init ResNet-10-T} x {linear, sgd, sea, isda, afan, flow, noise}, then the table
 demo: install
 	$(BIN)/seabench run -m experiment=demo
 	$(BIN)/seabench table

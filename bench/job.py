@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -173,21 +175,24 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
     options = {k: v for k, v in prot.items() if k != "name"}
     if prot["name"] in ("selection", "augself"):
         options["grid"] = method["grid"]
-    work_dir, stages = Path(config["cache_dir"]).expanduser() / "finetune" / sig[:24], {}
+    work_dir, stages, costs = Path(config["cache_dir"]).expanduser() / "finetune" / sig[:24], {}, {}
     with timed(timings, "fit"):
         if images:
             outcome = finetune_outcome(config, backbone, dataset, device=device, seeds=seeds,
                                        num_classes=num_classes, work_dir=work_dir, cost=stages)
         else:
+            fit, costs = method_fit(method["module"], cache_dir=Path(config["cache_dir"]))
             outcome = protocol.PROTOCOLS[prot["name"]](
-                importlib.import_module(method["module"]).fit, data, params=method["params"], seeds=seeds,
+                fit, data, params=method["params"], seeds=seeds,
                 metric=config["dataset"]["metric"], num_classes=num_classes, device=device, **options)
+            timings.update(costs.pop("timings", {}))  # parts of the fit a method times itself (a flow's fit)
     record = {"protocol_version": protocol.VERSION, "signature": sig, "cell": cell, "config": config,
               "dataset": dataset.name,
               "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
               "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
               "backbone_overrides": list(backbone_overrides), "num_classes": num_classes, "splits": splits,
               "features": entries, **weights, **outcome, "warnings": list(dataset.warnings),
+              **({"method_costs": costs} if costs else {}),
               "split_rule": augself.rule(dataset.name) if prot.get("split") == "augself" else "canonical",
               "timings": timings, "device": str(device),
               "precision": precision(device, config["extract"].get("amp", True)),
@@ -202,6 +207,15 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
         finetune.clean(work_dir, keep=config["finetune"]["keep_checkpoints"])
     report(record, path)
     return path
+
+
+def method_fit(module: str, *, cache_dir: Path):
+    """The method's `fit`, given the optional keywords it takes: `cache_dir` (where it may cache what it
+    fits, e.g. a flow) and `costs` (a dict it fills with notes on its own work); also that dict."""
+    fit, costs = importlib.import_module(module).fit, {}
+    accepted = inspect.signature(fit).parameters
+    extra = {"cache_dir": cache_dir, "costs": costs}
+    return partial(fit, **{k: v for k, v in extra.items() if k in accepted}), costs
 
 
 def report(record: dict, path: Path) -> None:

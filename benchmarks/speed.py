@@ -1,6 +1,6 @@
 """DESIGN section 9 targets, each measured side by side in one run and printed as one line:
 
-    python benchmarks/speed.py                 # all four targets, about 4.5 minutes on 2 CPU cores
+    python benchmarks/speed.py                 # every target (DESIGN section 9 and issue 7), in turn
     python benchmarks/speed.py --only linear   # one target; --help for the sizes
 
 Timings on a shared machine are noisy: the two sides of each comparison are run alternately
@@ -32,7 +32,8 @@ from omegaconf import OmegaConf
 from bench import backbones, features
 from bench.cli import logspace
 from bench.data import ImageList, read_rgb
-from bench.methods import linear, sea
+from bench.methods import afan, flow, isda, linear, noise, sea, sgd
+from bench.protocol import grid_points
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("speed")
@@ -200,6 +201,60 @@ def bench_sea(args) -> None:
             ">= 3x at equal accuracy (within 0.5 points)", t_ref / per_point >= 3 and gap <= 0.5)
 
 
+# ------------------------------------------------------------------------------- feature augmentations
+
+AUGMENTATIONS = {"noise": noise, "isda": isda, "afan": afan, "flow": flow}
+
+
+def grid_of(name: str, epochs: int) -> list[dict]:
+    """The YAML's grid of `name` (one seed), with `epochs` epochs."""
+    params, grid = method_config(name)
+    return [{**params, **combo, "seed": 0, "epochs": epochs} for combo in grid_points(grid)]
+
+
+def bench_methods(args) -> None:
+    """Cost per grid point of each augmentation's YAML grid vs sgd's YAML grid, on the SeA benchmark's shape."""
+    n = args.sea_rows + args.sea_test_rows
+    X, y = synthetic_features(n, dim=args.dim, num_classes=args.sea_classes, noise=4.0, seed=2)
+    Xtr, ytr, Xte, yte = X[:args.sea_rows], y[:args.sea_rows], X[args.sea_rows:], y[args.sea_rows:]
+    grids = {name: grid_of(name, args.sea_epochs) for name in ("sgd", *AUGMENTATIONS)}
+    print(f"methods: train {tuple(Xtr.shape)} float32, held-out {tuple(Xte.shape)}, {args.sea_classes} classes, "
+          f"{args.sea_epochs} epochs, one seed; each method's YAML grid: "
+          + ", ".join(f"{k} {len(v)} points" for k, v in grids.items()), flush=True)
+    out, flow_fit = {}, []
+
+    def runner(name):
+        module = sgd if name == "sgd" else AUGMENTATIONS[name]
+
+        def run():
+            if name != "flow":
+                out[name] = module.fit(Xtr, ytr, num_classes=args.sea_classes, points=grids[name], device="cpu")
+                return
+            with tempfile.TemporaryDirectory() as tmp:  # a fresh cache: the flows are fitted in every repeat
+                costs = {}
+                out[name] = flow.fit(Xtr, ytr, num_classes=args.sea_classes, points=grids[name], device="cpu",
+                                     cache_dir=Path(tmp), costs=costs)
+                flow_fit.append(costs["timings"]["flow_fit"])
+        return run
+
+    names = list(grids)
+    times = dict(zip(names, map(statistics.median, alternate(*map(runner, names), repeats=args.repeats))))
+    base = times["sgd"] / len(grids["sgd"])
+    acc = {k: max(accuracy(v, Xte, yte)) for k, v in out.items()}
+    print(f"methods: sgd {base:.3f} s per point ({times['sgd']:.1f} s / {len(grids['sgd'])}), best held-out "
+          f"accuracy {acc['sgd']:.2f}%")
+    for name in AUGMENTATIONS:
+        per_point = times[name] / len(grids[name])
+        note = ""
+        if name == "flow":
+            fit = statistics.median(flow_fit)
+            note = (f" (of which the flows' fits {fit:.1f} s; without them {(times[name] - fit) / len(grids[name]):.3f}"
+                    f" s per point, {(times[name] - fit) / len(grids[name]) / base:.2f}x)")
+        verdict(name, f"cost per grid point of its {len(grids[name])}-point YAML grid vs sgd's {len(grids['sgd'])}"
+                "-point grid", f"{per_point:.3f} s vs {base:.3f} s (median of {args.repeats}), best held-out "
+                f"accuracy {acc[name]:.2f}%{note}", per_point / base, "<= 2x", per_point <= 2 * base)
+
+
 # --------------------------------------------------------------------------------------------- extraction
 
 
@@ -274,7 +329,8 @@ CHILD = r"""
 import gc, json, resource, sys
 import torch
 from benchmarks.speed import method_config, synthetic_features
-from bench.methods import linear, sea
+from bench.methods import isda, linear, sea
+from bench.protocol import grid_points
 
 method, rows, dim, classes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 X, y = synthetic_features(rows, dim=dim, num_classes=classes, noise=4.0, seed=4)
@@ -303,6 +359,16 @@ params, grid = method_config(method)
 if method == "linear":  # three grid points: the memory of a sweep does not grow with its length
     points = [{**params, "penalty": p, "max_iter": 20} for p in (1e3, 1.0, 1e-3)]
     linear.fit(X, y, num_classes=classes, points=points, device="cpu")
+elif method == "isda":  # the YAML's whole grid x 3 seeds (the default), one epoch
+    points = [{**params, **combo, "seed": s, "epochs": 1} for combo in grid_points(grid) for s in range(3)]
+    # every step of a stack has the same shapes, so its peak is reached by its first steps: the first
+    # `full` steps of each stack compute ISDA's gradient, the others a zero one (hours of CPU saved)
+    real, calls, full = isda.weight_grad, {}, int(sys.argv[5])
+    def weight_grad(W, xs, slot, y1, hp):
+        calls[id(hp)] = calls.get(id(hp), 0) + 1
+        return real(W, xs, slot, y1, hp) if calls[id(hp)] <= full else torch.zeros_like(W)
+    isda.weight_grad = weight_grad
+    isda.fit(X, y, num_classes=classes, points=points, device="cpu")
 else:  # the YAML's grid (eta x lr x center), one seed, one epoch
     points = [{**params, "eta": e, "lr": lr, "center": c, "seed": 0, "epochs": 1}
               for e in grid["eta"] for lr in grid["lr"] for c in grid["center"]]
@@ -335,7 +401,26 @@ def bench_memory(args) -> None:
                   "and could not be reset (/proc/self/clear_refs): the figure may be the earlier peak, not the fit's")
 
 
-TARGETS = {"linear": bench_linear, "sea": bench_sea, "extraction": bench_extraction, "memory": bench_memory}
+def bench_isda_memory(args) -> None:
+    """ISDA's whole grid (x 3 seeds) on a SUN397-shaped problem: peak resident memory of the process."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", CHILD, "isda", str(args.sun_rows), str(args.dim), str(args.sun_classes),
+                          str(args.sun_steps)],
+                         check=False, capture_output=True, text=True, env=env, cwd=ROOT)
+    if run.returncode:
+        raise SystemExit(f"memory child (isda) failed:\n{run.stderr}")
+    m = json.loads(run.stdout.strip().splitlines()[-1])
+    gib = 2 ** 30
+    verdict("isda-memory", f"isda fit, the YAML's whole grid x 3 seeds ({m['points']} heads, one epoch of which "
+            f"the first {args.sun_steps} steps per stack compute the gradient) on X "
+            f"{args.sun_rows}x{args.dim} float32, {args.sun_classes} classes (SUN397-shaped): peak RSS of the process",
+            f"{m['peak'] / gib:.2f} GiB (features {m['features'] / gib:.2f} GiB, baseline after imports and features "
+            f"{m['baseline'] / gib:.2f} GiB)", m["peak"] / (4 * gib), "<= 4 GiB (ratio to 4 GiB <= 1)",
+            m["peak"] <= 4 * gib)
+
+
+TARGETS = {"linear": bench_linear, "sea": bench_sea, "methods": bench_methods, "isda-memory": bench_isda_memory,
+           "extraction": bench_extraction, "memory": bench_memory}
 
 
 def main(argv=None) -> None:
@@ -359,6 +444,10 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: conf/config.yaml)")
     p.add_argument("--memory-rows", type=int, default=50000, help="rows of the memory run's feature matrix")
     p.add_argument("--memory-classes", type=int, default=101, help="classes of the memory run")
+    p.add_argument("--sun-rows", type=int, default=15880, help="rows of the ISDA memory run (SUN397 train: 15,880)")
+    p.add_argument("--sun-classes", type=int, default=397, help="classes of the ISDA memory run (SUN397: 397)")
+    p.add_argument("--sun-steps", type=int, default=3, help="steps per stack of the ISDA memory run that compute "
+                   "the gradient (the peak of a stack is reached by its first step)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "

@@ -57,8 +57,13 @@ def batch_grad(W, xs, slot, y1, hp, augment=None) -> torch.Tensor:
     return torch.einsum("gbc,gbd->gcd", logit_grad(W, x, y1, hp), x)
 
 
-def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augment, augment_keys, weight_grad):
-    """Weights [G, C, D] and the centre [D] the heads were trained around (zeros without `center`)."""
+def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augment, augment_keys, weight_grad,
+                setup=None):
+    """Weights [G, C, D] and the centre [D] the heads were trained around (zeros without `center`).
+
+    `setup(X, y, num_classes=, points=, seeds=)`, when given, sees the normalised features the heads
+    are trained on (once per stack) and returns entries added to `hp`, the dict every step receives;
+    `hp["epoch"]` is the fraction of training done when the epoch began (0, 1/epochs, ...)."""
     shift = X.mean(0) if center else torch.zeros_like(X[0])
     X = X - shift  # our one working copy, normalised in place: F.normalize(X - shift, dim=1), one X at a time
     X.div_(X.norm(2, 1, keepdim=True).clamp_min(1e-12))
@@ -71,7 +76,10 @@ def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augmen
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     W = torch.stack([init_weight(g, num_classes, dim, X.dtype) for g in gens]).to(X.device)[slot]
     buf = torch.zeros_like(W)
-    for _ in progress.track(range(epochs), desc=f"fitting {len(points)} head(s)", unit="epoch"):
+    if setup:
+        hp.update(setup(X, y, num_classes=num_classes, points=points, seeds=seeds))
+    for epoch in progress.track(range(epochs), desc=f"fitting {len(points)} head(s)", unit="epoch"):
+        hp["epoch"] = epoch / epochs
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(X.device)  # [S, N]
         for start in range(0, n, batch_size):
             idx = perms[:, start:start + batch_size]  # one batch per seed: heads of a seed share it
@@ -95,21 +103,25 @@ def denormals_flushed():
 
 
 def train(X, y, *, num_classes: int, points: list[dict], device, augment: Callable | None = None,
-          augment_keys: tuple[str, ...] = (), weight_grad: Callable | None = None) -> Heads:
-    """Heads for `points`, in their order; one stack per distinct (batch_size, epochs, center).
+          augment_keys: tuple[str, ...] = (), weight_grad: Callable | None = None, setup: Callable | None = None,
+          stack_keys: tuple[str, ...] = ()) -> Heads:
+    """Heads for `points`, in their order; one stack per distinct (batch_size, epochs, center, *stack_keys).
 
     A step's gradient is `batch_grad` (with `augment` applied to each head's batch), or `weight_grad`,
-    a method's own computation of the same gradient with the same arguments."""
+    a method's own computation of the same gradient with the same arguments. `stack_keys` are a method's
+    hyperparameters that are not numbers (or that `setup` depends on): heads that differ in them are
+    trained in different stacks; `setup` is `train_stack`'s."""
     X, y = X.to(device), y.to(device)
     W = torch.empty(len(points), num_classes, X.shape[1], dtype=X.dtype, device=device)
     b = torch.empty(len(points), num_classes, dtype=X.dtype, device=device)
-    order = sorted(range(len(points)), key=lambda i: [points[i][k] for k in SHARED])
+    keys = SHARED + stack_keys
+    order = sorted(range(len(points)), key=lambda i: [points[i][k] for k in keys])
     with denormals_flushed():
-        for shared, group in groupby(order, key=lambda i: [points[i][k] for k in SHARED]):
+        for shared, group in groupby(order, key=lambda i: [points[i][k] for k in keys]):
             group = list(group)
             W[group], shift = train_stack(X, y, num_classes=num_classes, points=[points[i] for i in group],
                                           augment=augment, augment_keys=augment_keys, weight_grad=weight_grad,
-                                          **dict(zip(SHARED, shared)))
+                                          setup=setup, **dict(zip(SHARED, shared)))
             b[group] = -W[group] @ shift  # W normalize(x - m) has the argmax of W x - W m
     return Heads(W, b)
 

@@ -1,0 +1,166 @@
+"""A normalizing flow on features after PCA, fitted once per feature matrix and cached on disk.
+
+The flow is zuko's RealNVP (affine coupling layers, Dinh et al. 2017): zuko is a small, maintained,
+pure-PyTorch library whose flows are plain modules with an exact inverse (`transform.inv`); affine
+coupling is the layer Glow, the flow of the official flow-lp code, is built from, and unlike an
+autoregressive flow it inverts in one pass, which the method needs on every batch (normflows, the other
+candidate, is not installed here and brings more than we use).
+
+Pipeline: p = (x - mean) V (the top `dim` principal directions of the fitted features), u = p / scale
+(whitened: each coordinate has unit variance, the flow's base distribution's), z = flow(u). The residual
+x - mean - V p is not modelled: a perturbation changes p only, the residual is added back unchanged.
+
+A fit is cached under the sha256 of everything that changes it: the feature matrix's bytes and dtype,
+the fit's settings, the code version and the zuko and torch versions. Entries are written to a temporary
+name and renamed under a file lock; a damaged entry is fitted again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import zuko
+from filelock import FileLock
+from tqdm import tqdm
+
+from bench import UserError
+
+log = logging.getLogger(__name__)
+
+VERSION = 1  # bump when the fit below changes: it is part of every key
+
+
+@dataclass
+class Codec:
+    mean: torch.Tensor  # [D]
+    basis: torch.Tensor  # V [D, k], orthonormal columns
+    scale: torch.Tensor  # [k], the standard deviation of each principal coordinate
+    flow: zuko.flows.Flow
+
+    def coords(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.basis
+
+    def encode(self, p: torch.Tensor) -> torch.Tensor:
+        return self.flow().transform(p / self.scale)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.flow().transform.inv(z) * self.scale
+
+
+def key(X: torch.Tensor, settings: dict) -> str:
+    facts = {"version": VERSION, "zuko": zuko.__version__, "torch": torch.__version__, "settings": settings,
+             "dtype": str(X.dtype), "shape": list(X.shape),
+             "features": hashlib.sha256(X.detach().cpu().contiguous().numpy().tobytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def principal(X: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mean [D], the top-`dim` principal directions [D, dim] and their standard deviations [dim]."""
+    mean = X.mean(0)
+    cov = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
+    for start in range(0, len(X), 8192):  # in float64, chunk by chunk: no centred copy of X
+        part = (X[start:start + 8192] - mean).double()
+        cov += part.T @ part
+    ev, vecs = torch.linalg.eigh(cov / len(X))  # ascending
+    ev, vecs = ev.flip(0)[:dim], vecs.flip(1)[:, :dim]
+    return mean, vecs.to(X.dtype), ev.clamp_min(1e-12).sqrt().to(X.dtype)
+
+
+def build(dim: int, *, transforms: int, hidden: int) -> zuko.flows.Flow:
+    return zuko.flows.RealNVP(dim, transforms=transforms, hidden_features=(hidden, hidden))
+
+
+def train_flow(U: torch.Tensor, *, transforms: int, hidden: int, epochs: int, batch_size: int, lr: float,
+               seed: int, desc: str) -> tuple[zuko.flows.Flow, dict]:
+    """A flow fitted by maximum likelihood (Adam) on the whitened coordinates U [N, k], in float32."""
+    U = U.float()
+    with torch.random.fork_rng(devices=[U.device] if U.device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the flow's initial weights, then its batches
+        flow = build(U.shape[1], transforms=transforms, hidden=hidden).to(U.device)
+        opt = torch.optim.Adam(flow.parameters(), lr=lr)
+        bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None)
+        for _ in bar:
+            total = 0.0
+            for idx in torch.randperm(len(U), device=U.device).split(batch_size):
+                loss = -flow().log_prob(U[idx]).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            bar.set_postfix(nll=f"{total / len(U) / U.shape[1]:.3f}")
+    flow.requires_grad_(False).eval()
+    with torch.no_grad():
+        nll = torch.cat([-flow().log_prob(part) for part in U.split(8192)]).mean().item() / U.shape[1]
+    if not math.isfinite(nll):
+        raise UserError("the flow's fit diverged (non-finite likelihood); lower method.params.flow_lr")
+    return flow, {"epochs": epochs, "final_nll_per_dim": round(nll, 5)}
+
+
+def fit(X: torch.Tensor, *, dim: int, transforms: int, hidden: int, epochs: int, batch_size: int, lr: float,
+        seed: int, cache_dir: Path | None) -> tuple[Codec, dict]:
+    """The codec of X (from the cache when there is one) and a note of how it was obtained."""
+    dim = min(dim, X.shape[1], len(X) - 1)
+    if dim < 2:
+        raise UserError(f"the flow needs at least 2 principal dimensions; these features give {dim}")
+    settings = {"dim": dim, "transforms": transforms, "hidden": hidden, "epochs": epochs, "batch_size": batch_size,
+                "lr": lr, "seed": seed}
+    digest, start = key(X, settings), time.perf_counter()
+    path = None if cache_dir is None else Path(cache_dir).expanduser() / "flows" / f"{digest[:32]}.pt"
+    entry = load(path, digest) if path else None
+    if entry is None and path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            entry = load(path, digest)  # another job may have fitted it while we waited
+            if entry is None:
+                entry = fit_entry(X, digest, settings)
+                save(path, entry)
+    elif entry is None:
+        entry = fit_entry(X, digest, settings)
+    flow = build(dim, transforms=transforms, hidden=hidden)
+    flow.load_state_dict(entry["flow"])
+    flow = flow.to(X.device, X.dtype).requires_grad_(False).eval()
+    codec = Codec(*(entry[k].to(X.device, X.dtype) for k in ("mean", "basis", "scale")), flow=flow)
+    note = {"key": digest, "path": str(path) if path else None, "hit": entry.get("hit", False),
+            "seconds": round(time.perf_counter() - start, 3), "rows": len(X), **entry["info"]}
+    return codec, note
+
+
+def fit_entry(X, digest: str, settings: dict) -> dict:
+    mean, basis, scale = principal(X, settings["dim"])
+    U = ((X - mean) @ basis) / scale
+    flow, info = train_flow(U, **{k: settings[k] for k in ("transforms", "hidden", "epochs", "batch_size", "lr",
+                                                            "seed")}, desc=f"flow fit ({len(X)} x {settings['dim']})")
+    return {"key": digest, "mean": mean.cpu(), "basis": basis.cpu(), "scale": scale.cpu(),
+            "flow": {k: v.cpu() for k, v in flow.state_dict().items()}, "info": {**settings, **info}}
+
+
+def load(path: Path, digest: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(entry, dict) and entry.get("key") == digest:
+            return {**entry, "hit": True}
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
+        pass
+    log.warning("the flow cache entry %s is damaged; fitting again", path)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def save(path: Path, entry: dict) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(entry, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,83 @@
+"""A-FAN: the ascent against the loss it ascends and against the official loop, the mix by hand, the step by autograd."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.methods import afan
+
+
+def problem(dtype=torch.float64, G=3, B=10, D=8, C=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.randn(G, B, D, generator=gen, dtype=dtype), dim=-1)
+    W = torch.randn(G, C, D, generator=gen, dtype=dtype)
+    y = torch.randint(0, C, (G, B), generator=gen)
+    hp = {k: torch.tensor(v, dtype=dtype).view(-1, 1, 1) for k, v in
+          {"gamma": [0.1, 0.5, 1.0], "eps": [0.0, 0.3, 2.0], "mix": [0.0, 0.5, 1.0], "lamda": [0.1, 1.0, 0.5],
+           "delta": [0.0, 0.2, 0.0]}.items()}
+    return x, W, y, hp
+
+
+def losses(W, x, y, hp):
+    """Per head and example: lamda * CE((x W^T - delta y) / lamda)."""
+    z = torch.einsum("gbd,gcd->gbc", x, W) - hp["delta"] * F.one_hot(y, W.shape[1])
+    return hp["lamda"][..., 0] * F.cross_entropy((z / hp["lamda"]).transpose(1, 2), y, reduction="none")
+
+
+def test_no_ascent_step_lowers_the_loss_of_any_example():
+    x, W, y, hp = problem()
+    y1 = F.one_hot(y, 4).double()
+    before = losses(W, x, y, hp)
+    for k in range(1, 6):
+        after = losses(W, afan.ascend(W, x, y1, hp, k), y, hp)
+        assert (after >= before - 1e-12).all()
+        before = after
+    assert (after > losses(W, x, y, hp) + 1e-6).all()  # and the ascent moves
+
+
+def official_pgd(x, W, y, *, gamma, eps, lamda, delta, steps):
+    """attack_algo.PGD's loop on one head: autograd, x_adv += gamma * sign(grad), optional L-inf clip."""
+    x_adv = x.clone().requires_grad_(True)
+    for _ in range(steps):
+        z = x_adv @ W.T - delta * F.one_hot(y, W.shape[0])
+        (grad,) = torch.autograd.grad(lamda * F.cross_entropy(z / lamda, y), x_adv)
+        x_adv.data.add_(gamma * grad.sign())
+        if eps > 0:
+            x_adv.data = torch.minimum(torch.maximum(x_adv.data, x - eps), x + eps)
+    return x_adv.detach()
+
+
+def test_ascent_equals_the_official_loop_in_our_units():
+    x, W, y, hp = problem()
+    got = afan.ascend(W, x, F.one_hot(y, 4).double(), hp, 3)
+    unit = x.shape[-1] ** -0.5
+    for g in range(3):
+        want = official_pgd(x[g], W[g], y[g], gamma=float(hp["gamma"][g]) * unit, eps=float(hp["eps"][g]) * unit,
+                            lamda=float(hp["lamda"][g]), delta=float(hp["delta"][g]), steps=3)
+        torch.testing.assert_close(got[g], want, rtol=1e-12, atol=1e-12)
+    assert ((got - x).abs() <= hp["eps"] * unit + 1e-15)[1:].all()  # the clipped heads stay in their ball
+
+
+def test_mix_by_hand():
+    x, x_adv = torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.tensor([[3.0, 2.0, 5.0, 0.0]])
+    # lerp at 0.5: [2, 2, 4, 2], mean 2.5, std sqrt(0.75); x: mean 2.5, std sqrt(1.25)
+    want = [math.sqrt(0.75) * (v - 2.5) / math.sqrt(1.25) + 2.5 for v in (1.0, 2.0, 3.0, 4.0)]
+    torch.testing.assert_close(afan.mix(x, x_adv, 0.5), torch.tensor([want]))
+    torch.testing.assert_close(afan.mix(x, x_adv, 0.0), x)  # t = 0: x's own moments give x back
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_step_equals_autograd_of_the_mean_of_clean_and_adversarial_losses(dtype, tol):
+    x, W, y, hp = problem(dtype)
+    xs, slot = x[:2], torch.tensor([0, 1, 1])
+    y = y[slot]
+    y1 = F.one_hot(y, 4).to(dtype)
+    hp = hp | {"steps": 2}
+    got = afan.weight_grad(W, xs, slot, y1, hp)
+    x_adv = afan.ascend(W, xs[slot], y1, hp, 2)
+    x_adv = torch.where(hp["mix"] > 0, afan.mix(xs[slot], x_adv, hp["mix"]), x_adv)
+    Wg = W.clone().requires_grad_(True)
+    total = (0.5 * (losses(Wg, xs[slot], y, hp).mean(1) + losses(Wg, x_adv, y, hp).mean(1))).sum()
+    torch.testing.assert_close(got, torch.autograd.grad(total, Wg)[0], rtol=tol, atol=tol)

@@ -1,0 +1,113 @@
+"""The flow method: the codec's round trip, the perturbations' radii, the cache, and the span-form step."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+from bench import flows
+from bench.methods import flow
+
+SETTINGS = {"dim": 8, "transforms": 2, "hidden": 16, "epochs": 3, "batch_size": 256, "lr": 1e-3, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def features():
+    data = load_digits()
+    return F.normalize(torch.tensor(data.data[:400], dtype=torch.float32), dim=1), torch.tensor(data.target[:400])
+
+
+@pytest.fixture(scope="module")
+def codec(features):
+    return flows.fit(features[0], **SETTINGS, cache_dir=None)[0]
+
+
+def test_encode_decode_round_trip(features, codec):
+    p = codec.coords(features[0])
+    z = codec.encode(p)
+    assert z.std() > 0.3  # a real map onto the latent space, not a collapse
+    torch.testing.assert_close(codec.decode(z), p, rtol=0, atol=1e-4)
+    torch.testing.assert_close(codec.encode(codec.decode(z)), z, rtol=0, atol=1e-4)
+
+
+def setting(G, mode, norm, steps=3, alpha=0.5):
+    eps = torch.tensor([0.05, 0.3, 1.0][:G]).view(-1, 1, 1)
+    return {"eps": eps, "alpha": torch.full_like(eps, alpha), "lamda": torch.full_like(eps, 0.1),
+            "delta": torch.zeros_like(eps), "mode": mode, "norm": norm, "steps": steps}
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_adversarial_offsets_stay_in_their_ball_and_raise_the_loss(features, codec, norm):
+    X, _ = features
+    x, G = X[:64].expand(3, -1, -1), 3
+    W = torch.randn(G, 10, X.shape[1], generator=torch.Generator().manual_seed(0))
+    xW, p = x @ W.transpose(1, 2), codec.coords(x)
+    z = codec.encode(p)
+    hp = setting(G, "adv", norm)
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+    delta = flow.offsets(codec, W, xW, p, z, noise, hp)
+    size = delta.norm(dim=-1) if norm == "l2" else delta.abs().amax(-1)
+    assert (size <= hp["eps"][:, :, 0] * (1 + 1e-5)).all() and (size > 0.5 * hp["eps"][:, :, 0]).all()
+
+    def loss(offset):  # against the head's own predictions, as the attack
+        logits = xW + (codec.decode(z + offset) - p) @ (W @ codec.basis).transpose(1, 2)
+        return F.cross_entropy((logits / 0.1).transpose(1, 2), xW.argmax(-1), reduction="none").mean(1)
+
+    assert (loss(delta) > loss(torch.zeros_like(delta))).all()
+
+
+def test_random_offsets_are_gaussian_of_std_eps(codec):
+    z = torch.zeros(3, 4000, 8)
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(2))
+    delta = flow.offsets(codec, None, None, None, z, noise, setting(3, "rand", "linf"))
+    std = delta.std(dim=(1, 2))
+    torch.testing.assert_close(std, torch.tensor([0.05, 0.3, 1.0]), rtol=0.03, atol=0)
+
+
+def test_the_flow_cache_hits_on_a_second_run_and_heals(features, tmp_path):
+    X, _ = features
+    first, note1 = flows.fit(X, **SETTINGS, cache_dir=tmp_path)
+    second, note2 = flows.fit(X, **SETTINGS, cache_dir=tmp_path)
+    assert not note1["hit"] and note2["hit"] and note1["key"] == note2["key"]
+    z = torch.randn(5, 8)
+    torch.testing.assert_close(second.decode(z), first.decode(z), rtol=0, atol=0)
+    assert flows.fit(X[:-1], **SETTINGS, cache_dir=tmp_path)[1]["key"] != note1["key"]  # other features, other key
+    assert flows.fit(X, **{**SETTINGS, "epochs": 2}, cache_dir=tmp_path)[1]["key"] != note1["key"]
+    path = tmp_path / "flows" / f"{note1['key'][:32]}.pt"
+    path.write_bytes(b"damaged")
+    healed = flows.fit(X, **SETTINGS, cache_dir=tmp_path)[1]
+    assert not healed["hit"] and flows.fit(X, **SETTINGS, cache_dir=tmp_path)[1]["hit"]
+
+
+@pytest.mark.parametrize("mode", ["rand", "adv"])
+def test_the_step_in_principal_coordinates_equals_the_literal_recipe(features, codec, mode):
+    """weight_grad = autograd of the loss of x' = x + V (decode(z + delta) - p), x' written out in D dims."""
+    X, y = features
+    xs, slot = X[:48].view(2, 24, -1), torch.tensor([0, 1, 1])
+    W = torch.randn(3, 10, X.shape[1], generator=torch.Generator().manual_seed(3))
+    y1 = F.one_hot(y[:48].view(2, 24)[slot], 10).float()
+    hp = setting(3, mode, "l2")
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (5, 6)]
+
+    got = flow.weight_grad(W, xs, slot, y1, hp | {"codec": codec, "gens": gens()})
+    x = xs[slot]
+    p, noise = codec.coords(x), flow.draw(gens(), (24, 8), xs)[slot]
+    delta = flow.offsets(codec, W, x @ W.transpose(1, 2), p, codec.encode(p), noise, hp)
+    x_new = x + (codec.decode(codec.encode(p) + delta) - p) @ codec.basis.T
+    Wg = W.clone().requires_grad_(True)
+    loss = 0.1 * F.cross_entropy((x_new @ Wg.transpose(1, 2) / 0.1).transpose(1, 2), y1.argmax(-1), reduction="none")
+    want = torch.autograd.grad(loss.mean(1).sum(), Wg)[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_mode_norm_or_mixed_flow_settings_are_one_sentence():
+    from bench import UserError
+
+    point = {"mode": "rand", "norm": "l2", "pca_dim": 8, "flow_transforms": 2, "flow_hidden": 16, "flow_epochs": 3,
+             "flow_batch_size": 256, "flow_lr": 1e-3, "flow_seed": 0}
+    with pytest.raises(UserError, match="mode must be one of rand, adv"):
+        flow.check([point | {"mode": "gaussian"}])
+    with pytest.raises(UserError, match="one flow serves the whole grid"):
+        flow.check([point, point | {"pca_dim": 4}])
