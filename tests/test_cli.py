@@ -26,7 +26,7 @@ def seabench(*args, tmp: Path, check=True):
 def test_demo_and_table(tmp_path):
     out = seabench("run", "-m", "experiment=demo", tmp=tmp_path)
     records = sorted((tmp_path / "results" / "runs" / "digits").rglob("*.json"))
-    assert len(records) == 14, out.stdout + out.stderr
+    assert len(records) == 10, out.stdout + out.stderr
     for path in records:
         record = json.loads(path.read_text())
         assert record["protocol_version"] == 2 and record["dataset"] == "digits"
@@ -40,17 +40,30 @@ def test_demo_and_table(tmp_path):
         assert record["cost"]["stages"]["fit"]["seconds"] == record["timings"]["fit"]
         if record["method"] == "sea":
             assert "eta" in record["chosen"]
-        if record["method"] == "flow":  # the flow's fits: their cost and how each ended are in the record
-            fits = record["method_costs"]["flow_fits"]
-            assert record["timings"]["flow_fit"] > 0 and all(math.isfinite(f["final_nll_per_dim"]) for f in fits)
-            assert any(f["hit"] for f in fits) and not fits[0]["hit"]  # fitted once per features, then reused
     table = seabench("table", tmp=tmp_path).stdout
     assert "random-init ResNet-10-T" in table and "pixels" in table and "digits" in table
     assert (tmp_path / "results" / "table.md").read_text().strip() == table.strip()
-    assert len((tmp_path / "results" / "table.csv").read_text().splitlines()) == 15
+    assert len((tmp_path / "results" / "table.csv").read_text().splitlines()) == 11
     # a second run of the same cell is skipped, and extracts nothing
     again = seabench("run", "dataset=digits", "backbone=random_resnet10t", "method=linear", tmp=tmp_path)
     assert "skipping" in again.stdout + again.stderr
+
+
+def test_a_flow_run_records_its_flow_fits(tmp_path):
+    """The flow's fits (train, then train+val at the refit): their cost and how each ended are in the record;
+    the same cell run again reads both flows from the cache."""
+    cell = ["run", "dataset=digits", "backbone=pixels", "method=flow", "seeds=1", "method.params.epochs=10",
+            "method.grid.mode=[adv]", "method.grid.eps=[0.3]", "method.grid.center=[false]"]
+    seabench(*cell, tmp=tmp_path)
+    (path,) = (tmp_path / "results" / "runs").rglob("flow-*.json")
+    first = json.loads(path.read_text())
+    seabench(*cell, "skip_existing=false", tmp=tmp_path)  # the same record path, written again
+    again = json.loads(path.read_text())
+    fits = first["method_costs"]["flow_fits"]
+    assert first["timings"]["flow_fit"] > 0 and all(math.isfinite(f["final_nll_per_dim"]) for f in fits)
+    assert len(fits) == 2 and not any(f["hit"] for f in fits)  # train, then train+val: other features
+    assert all(f["hit"] for f in again["method_costs"]["flow_fits"])  # cached by content: reused
+    assert min(first["test"]["top1"]) > 60
 
 
 @pytest.fixture
