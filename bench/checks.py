@@ -23,7 +23,11 @@ def kind(value) -> str | None:
 
 
 def wrong(value, like) -> bool:
-    """True when `value` cannot stand where `like` stands (text for a number, a list for a single value...)."""
+    """True when `value` cannot stand where `like` stands (text for a number, a list for a single value...).
+    A structured default (a crop's scale range, an auxiliary loss's settings) takes a value of its own type;
+    with no default to compare (`like` None) only the kind of a single value is checked."""
+    if isinstance(like, (list, dict)) or (like is None and isinstance(value, (list, dict))):
+        return like is not None and not isinstance(value, type(like))
     return kind(value) == "a single value" or (None not in (kind(value), kind(like)) and kind(value) != kind(like))
 
 
