@@ -34,7 +34,8 @@ def costs(df: pd.DataFrame, row_keys: list[str]) -> dict[tuple, str]:
 def legend(df: pd.DataFrame, published: pd.DataFrame | None, tests: pd.DataFrame | None) -> str:
     level = int(100 * (1 - stats.ALPHA))
     lines = [(f"Cells: mean ± half-width of the {level}% Student-t interval of the mean over seeds (no interval"
-             " for one seed); † the val split chose a value on the edge of its grid."),
+             " for one seed); † the val split chose a value on the edge of its grid; ‡ a fit behind the number"
+             " stopped at its iteration limit or diverged (the record's max_iter_hit)."),
              ("(Δ): vs the linear probe of the same weights, splits and protocol; * the paired bootstrap over the"
              f" same test examples ({stats.RESAMPLES:,} resamples of the examples, seed {stats.BOOTSTRAP_SEED},"
              f" each method's metric averaged over its seeds) puts the difference at two-sided p < {stats.ALPHA}.")]

@@ -64,13 +64,14 @@ def scores(pred: torch.Tensor, y: torch.Tensor, metric: str) -> dict[str, list]:
 
 
 def max_iter_hit(curve: list[dict], final: list[dict] | None, name: str) -> list:
-    """The grid points (and `name`, for the fit scored on test) one of whose fits stopped at max_iter."""
+    """The grid points (and `name`, for the fit scored on test) one of whose fits stopped at max_iter or
+    diverged (non-finite weights)."""
     def hit(ends):
-        return any(f.get("stop") == "max_iter" for f in ends or [])
+        return any(f.get("stop") in ("max_iter", "diverged") for f in ends or [])
 
     flagged = [c["point"] for c in curve if hit(c.get("fit"))] + ([name] if hit(final) else [])
     if flagged:
-        log.warning("fits stopped at their iteration limit (max_iter), not converged: %s", flagged)
+        log.warning("fits stopped at their iteration limit (max_iter) or diverged, not converged: %s", flagged)
     return flagged
 
 

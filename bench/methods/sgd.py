@@ -17,6 +17,7 @@ have mean cosine 0.998 on digits) that normalised, uncentred they leave the head
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import contextmanager
 from itertools import groupby
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 
 from bench import progress
 from bench.methods import Heads
+
+log = logging.getLogger(__name__)
 
 SHARED = ("batch_size", "epochs", "center")  # heads of one stack must agree on these
 PER_HEAD = ("lr", "momentum", "weight_decay", "lamda", "delta")
@@ -123,7 +126,16 @@ def train(X, y, *, num_classes: int, points: list[dict], device, augment: Callab
                                           augment=augment, augment_keys=augment_keys, weight_grad=weight_grad,
                                           setup=setup, **dict(zip(SHARED, shared)))
             b[group] = -W[group] @ shift  # W normalize(x - m) has the argmax of W x - W m
-    return Heads(W, b)
+    return Heads(W, b, fits=ends(W))
+
+
+def ends(W: torch.Tensor) -> list[dict]:
+    """How each head's training ended: a head whose weights overflowed to inf/NaN (a step size too large for
+    its loss's curvature) diverged; its predictions are meaningless, and the protocol flags it."""
+    finite = torch.isfinite(W).flatten(1).all(1).tolist()
+    if not all(finite):
+        log.warning("%d of %d head(s) diverged (non-finite weights)", finite.count(False), len(finite))
+    return [{"stop": "epochs" if ok else "diverged", "converged": ok} for ok in finite]
 
 
 def fit(X, y, *, num_classes: int, points: list[dict], device) -> Heads:
