@@ -30,7 +30,10 @@ def cpus() -> int:
 
 
 def threads(setting: int | str) -> int:
-    """`threads=auto`: this job's CPUs split between the jobs sharing them; or the number given."""
+    """`threads=auto`: OMP_NUM_THREADS when the environment sets it (an explicit choice, which torch itself
+    follows), else this job's CPUs split between the jobs sharing them; or the number given."""
+    if setting == "auto" and os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]):
+        return int(os.environ["OMP_NUM_THREADS"])
     if setting != "auto":
         if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
             raise UserError(f"threads must be a positive integer or auto, not {setting!r}")

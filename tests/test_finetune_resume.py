@@ -69,9 +69,14 @@ def uninterrupted(run: str, point: dict, tmp: Path, every: int = 1000) -> tuple[
                           ["load"].items() if k != "_target_"})
     images = task.splits["train"] if run == "train" else ConcatDataset([task.splits["train"], task.splits["val"]])
     net = network(backbone, point, num_classes=10, seed=point["seed"])
-    cost = train(net, images, point=point, preprocess=backbone.preprocess, device=torch.device("cpu"),
-                 path=tmp / f"{run}.pt", micro_batch=None, num_workers=0, checkpoint_every=every, compile=False,
-                 desc=run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the job (OMP_NUM_THREADS=1): another thread count sums in another order
+    try:
+        cost = train(net, images, point=point, preprocess=backbone.preprocess, device=torch.device("cpu"),
+                     path=tmp / f"{run}.pt", micro_batch=None, num_workers=0, checkpoint_every=every,
+                     compile=False, desc=run)
+    finally:
+        torch.set_num_threads(threads)
     return net.state_dict(), cost
 
 

@@ -135,6 +135,7 @@ def test_threads_come_from_the_allocation_and_are_shared(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     monkeypatch.delenv(allocation.PARALLEL_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert allocation.threads("auto") == 16
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
     assert allocation.threads("auto") == 8
@@ -144,6 +145,8 @@ def test_threads_come_from_the_allocation_and_are_shared(monkeypatch):
     monkeypatch.setenv(allocation.PARALLEL_ENV, "32")
     assert allocation.threads("auto") == 1
     assert allocation.threads(4) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # an explicit choice in the environment wins over auto
+    assert allocation.threads("auto") == 3 and allocation.threads(4) == 4
     with pytest.raises(Exception, match="threads must be a positive integer or auto"):
         allocation.threads(0)
 
