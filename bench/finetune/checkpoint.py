@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import pickle
 import random
 import signal
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import UserError
+from bench import UserError, temps
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +38,15 @@ def set_rng_states(states: dict) -> None:
 
 
 def save(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # a full disk, a read-only folder (torch wraps some in RuntimeError)
-        raise UserError(f"cannot write {path} ({err}); free space or set cache_dir= to a writable folder") from None
-    finally:
-        with contextlib.suppress(OSError):  # nothing to remove where nothing could be written
-            tmp.unlink(missing_ok=True)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+    """Write `state` atomically (bench.temps: a full disk or a read-only folder is one sentence)."""
+    with temps.atomic(path, "fine-tuning checkpoint") as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load(path: Path) -> dict | None:
     """The checkpoint at `path`, or None when there is none or it is damaged (then it is removed).
     Temporary files that a killed process left beside it are removed too."""
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+    temps.sweep(path.parent)
     if not path.exists():
         return None
     try:
