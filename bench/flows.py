@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import zuko
 from filelock import FileLock
 from tqdm import tqdm
 
-from bench import UserError
+from bench import UserError, temps
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +157,6 @@ def load(path: Path, digest: str) -> dict | None:
 
 
 def save(path: Path, entry: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(entry, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write atomically (bench.temps: a full disk or a read-only folder is one sentence)."""
+    with temps.atomic(path, "flow cache entry") as tmp, open(tmp, "wb") as f:
+        torch.save(entry, f)

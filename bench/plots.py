@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from bench import temps
 
 
 def pyplot():
@@ -25,12 +26,11 @@ def pyplot():
 
 
 def save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    """Write the figure atomically (bench.temps), as PNG."""
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
+        with temps.atomic(path, "figure") as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     finally:
-        tmp.unlink(missing_ok=True)
         pyplot().close(fig)
 
 
