@@ -24,6 +24,7 @@ import math
 import pickle
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -45,14 +46,20 @@ class Codec:
     scale: torch.Tensor  # [k], the standard deviation of each principal coordinate
     flow: zuko.flows.Flow
 
+    @cached_property
+    def transform(self):
+        """The flow's transform, built once: the flow is frozen, and building it (zuko's `flow()`) on every
+        call costs more than applying it to a batch."""
+        return self.flow().transform
+
     def coords(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) @ self.basis
 
     def encode(self, p: torch.Tensor) -> torch.Tensor:
-        return self.flow().transform(p / self.scale)
+        return self.transform(p / self.scale)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.flow().transform.inv(z) * self.scale
+        return self.transform.inv(z) * self.scale
 
 
 def key(X: torch.Tensor, settings: dict) -> str:

@@ -33,7 +33,7 @@ def test_encode_decode_round_trip(features, codec):
 def setting(G, mode, norm, steps=3, alpha=0.5):
     eps = torch.tensor([0.05, 0.3, 1.0][:G]).view(-1, 1, 1)
     return {"eps": eps, "alpha": torch.full_like(eps, alpha), "lamda": torch.full_like(eps, 0.1),
-            "delta": torch.zeros_like(eps), "mode": mode, "norm": norm, "steps": steps}
+            "delta": torch.zeros_like(eps), "adv": torch.full(eps.shape, mode == "adv"), "norm": norm, "steps": steps}
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])

@@ -23,10 +23,10 @@ import torch
 from bench import UserError, flows
 from bench.methods import Heads
 from bench.methods.noise import draw
-from bench.methods.sgd import logit_grad_at, train
+from bench.methods.sgd import head_index, logit_grad_at, train
 
 KEYS = ("eps", "alpha")
-STACK = ("mode", "norm", "steps")
+STACK = ("norm", "steps")  # `rand` and `adv` heads share a stack: one encode and one decode per step
 MODES, NORMS = ("rand", "adv"), ("l2", "linf")
 FIT = ("pca_dim", "flow_transforms", "flow_hidden", "flow_epochs", "flow_batch_size", "flow_lr", "flow_seed")
 STREAM = 104729  # offset of the perturbation generators' seeds from the heads' own
@@ -59,11 +59,15 @@ def latent_pgd(codec, W, xW, p, z, start, hp) -> torch.Tensor:
 
 
 def offsets(codec, W, xW, p, z, noise, hp) -> torch.Tensor:
-    """The latent perturbation [G, B, k] of each head from a standard normal draw `noise` [G, B, k]."""
-    if hp["mode"] == "rand":
-        return hp["eps"] * noise
-    # adv: the random start uniform in [-1, 1]^k (the normal draw through its CDF), scaled to the ball
-    return latent_pgd(codec, W, xW, p, z, 2 * torch.special.ndtr(noise) - 1, hp)
+    """The latent perturbation [G, B, k] of each head from a standard normal draw `noise` [G, B, k]:
+    eps * noise for a `rand` head; for an `adv` head (hp["adv"] [G, 1, 1]), the PGD from a random start
+    uniform in [-1, 1]^k (the normal draw through its CDF), scaled to the ball."""
+    out = hp["eps"] * noise
+    if hp["adv"].any():
+        h = head_index(hp["adv"])  # fit orders the heads: the adv ones are contiguous
+        sub = {k: hp[k][h] for k in ("eps", "alpha", "lamda", "delta")} | {k: hp[k] for k in ("norm", "steps")}
+        out[h] = latent_pgd(codec, W[h], xW[h], p[h], z[h], 2 * torch.special.ndtr(noise[h]) - 1, sub)
+    return out
 
 
 def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
@@ -87,7 +91,8 @@ def make_setup(cache_dir, costs: dict | None):
             costs.setdefault("flow_fits", []).append(note)
             timings = costs.setdefault("timings", {})
             timings["flow_fit"] = round(timings.get("flow_fit", 0.0) + note["seconds"], 3)
-        return {"codec": codec, "mode": first["mode"], "norm": first["norm"], "steps": first["steps"],
+        adv = torch.tensor([q["mode"] == "adv" for q in points], device=X.device).view(-1, 1, 1)
+        return {"codec": codec, "adv": adv, "norm": first["norm"], "steps": first["steps"],
                 "gens": [torch.Generator(device=X.device).manual_seed(s + STREAM) for s in seeds]}
     return setup
 
@@ -107,4 +112,5 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, cache_dir=None, c
     and its seconds (under costs["timings"]["flow_fit"])."""
     check(points)
     return train(X, y, num_classes=num_classes, points=points, device=device, augment_keys=KEYS,
-                 weight_grad=weight_grad, setup=make_setup(cache_dir, costs), stack_keys=STACK)
+                 weight_grad=weight_grad, setup=make_setup(cache_dir, costs), stack_keys=STACK,
+                 within=lambda p: p["mode"] == "adv")

@@ -107,18 +107,19 @@ def denormals_flushed():
 
 def train(X, y, *, num_classes: int, points: list[dict], device, augment: Callable | None = None,
           augment_keys: tuple[str, ...] = (), weight_grad: Callable | None = None, setup: Callable | None = None,
-          stack_keys: tuple[str, ...] = ()) -> Heads:
+          stack_keys: tuple[str, ...] = (), within: Callable | None = None) -> Heads:
     """Heads for `points`, in their order; one stack per distinct (batch_size, epochs, center, *stack_keys).
 
     A step's gradient is `batch_grad` (with `augment` applied to each head's batch), or `weight_grad`,
     a method's own computation of the same gradient with the same arguments. `stack_keys` are a method's
     hyperparameters that are not numbers (or that `setup` depends on): heads that differ in them are
-    trained in different stacks; `setup` is `train_stack`'s."""
+    trained in different stacks; `setup` is `train_stack`'s. `within(point)`, when given, orders the heads
+    inside a stack (e.g. so that heads a step treats alike are contiguous: slices, not copies)."""
     X, y = X.to(device), y.to(device)
     W = torch.empty(len(points), num_classes, X.shape[1], dtype=X.dtype, device=device)
     b = torch.empty(len(points), num_classes, dtype=X.dtype, device=device)
     keys = SHARED + stack_keys
-    order = sorted(range(len(points)), key=lambda i: [points[i][k] for k in keys])
+    order = sorted(range(len(points)), key=lambda i: ([points[i][k] for k in keys], within(points[i]) if within else 0))
     with denormals_flushed():
         for shared, group in groupby(order, key=lambda i: [points[i][k] for k in keys]):
             group = list(group)
@@ -127,6 +128,14 @@ def train(X, y, *, num_classes: int, points: list[dict], device, augment: Callab
                                           setup=setup, **dict(zip(SHARED, shared)))
             b[group] = -W[group] @ shift  # W normalize(x - m) has the argmax of W x - W m
     return Heads(W, b, fits=ends(W))
+
+
+def head_index(mask: torch.Tensor):
+    """An index of the heads where `mask` [G, 1, 1] holds: a slice (a view, not a copy) when they are
+    contiguous, as `train`'s `within` can order them."""
+    idx = mask.flatten().nonzero().squeeze(1)
+    first, last = int(idx[0]), int(idx[-1])
+    return slice(first, last + 1) if last - first + 1 == len(idx) else idx
 
 
 def ends(W: torch.Tensor) -> list[dict]:
