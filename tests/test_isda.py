@@ -151,3 +151,45 @@ def test_bad_cov_and_oversized_full_factors_are_one_sentence():
     y = torch.arange(300_000) % 100  # CIFAR-100-like: 3,000 examples per class span all 2048 dimensions
     with pytest.raises(UserError, match="cov=full needs a"):
         isda.check(y, num_classes=100, dim=2048, points=[{"cov": "full", "rank": 2}])
+
+
+@pytest.mark.parametrize("cov", ["diag", "full", "lowrank"])
+def test_spectral_norm_is_the_largest_eigenvalue_of_the_dense_covariances(cov):
+    X, y, _ = problem(n=60, D=6, C=3)
+    stats = isda.class_stats(X, y, num_classes=3, cov=cov, rank=2)
+    dense = torch.linalg.eigvalsh(dense_covariances(X, y, 3, cov, 2)).max()
+    torch.testing.assert_close(isda.spectral_norm(stats), dense, rtol=1e-10, atol=1e-12)
+
+
+def spread_classes(n=400, D=16, C=4, dtype=torch.float32):
+    """Classes with one direction of large spread each (a class's largest covariance eigenvalue ~0.4 on
+    the unit sphere), as the random-init ResNet's features have."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % C
+    means, axes = torch.randn(C, D, generator=gen), torch.randn(C, D, generator=gen)
+    sign = torch.randint(0, 2, (n, 1), generator=gen) * 2 - 1
+    X = means[y] + 1.5 * sign * axes[y] + 0.3 * torch.randn(n, D, generator=gen)
+    return X.to(dtype), y
+
+
+def isda_points(lambda0, cov="lowrank"):
+    return [{"lambda0": lambda0, "cov": cov, "rank": 2, "seed": 0, "lr": 1.6, "momentum": 0.9, "weight_decay": 1e-6,
+             "batch_size": 64, "epochs": 10, "lamda": 0.1, "delta": 0.0, "center": True}]
+
+
+def test_the_curvature_cap_keeps_large_lambda_finite_where_lr_alone_diverges(monkeypatch):
+    """float32, as real runs: uncapped, lambda0 10 with a lowrank covariance at lr 1.6 overflows; capped, each
+    epoch's step is min(lr, (1 + momentum) / L_t) with L_t from the dense covariances, and the head learns."""
+    X, y = spread_classes()
+    capped = isda.fit(X, y, num_classes=4, points=isda_points(10.0) + isda_points(0.0), device="cpu")
+    assert [f["stop"] for f in capped.fits] == ["epochs", "epochs"]
+    assert (capped.predict(X) == y).float().mean(1).min() > 0.9
+    Xn = F.normalize(X.double() - X.double().mean(0), dim=1)
+    sigma = torch.linalg.eigvalsh(dense_covariances(Xn, y, 4, "lowrank", 2)).max()
+    last = 10.0 * 9 / 10  # lambda at the last epoch, the largest
+    assert capped.fits[0]["lr_min"] == pytest.approx(1.9 / (2 * last * float(sigma) / 0.1), rel=1e-4)
+    assert capped.fits[0]["lr_min"] < 0.1
+    assert capped.fits[1]["lr_min"] == pytest.approx(1.6)  # lambda0 0: the cap never binds
+    monkeypatch.setattr(isda, "step_size", lambda hp: hp["lr"])
+    uncapped = isda.fit(X, y, num_classes=4, points=isda_points(10.0), device="cpu")
+    assert uncapped.fits[0]["stop"] == "diverged"

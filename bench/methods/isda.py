@@ -22,6 +22,14 @@ examples, factored: Sigma_c = F_c^T F_c with F_c [min(n_c, D), D]) or `lowrank` 
 top-`rank` principal directions plus the mean of the other eigenvalues on the identity, which keeps
 Sigma_c's trace). No C x D x D tensor is ever made; q of all class pairs is formed per step from [C, D]
 and [C, r, D] factors (the term depends on the weights only, not on the batch).
+
+The step size (ours; the official code trains a deep network at its usual schedule). The quadratic term
+adds curvature of up to L = 2 lambda max_c ||Sigma_c||_2 / lamda to the loss in W (through q_j, whose
+Hessian in (w_j, w_y) has norm 4 ||Sigma_y||, at the temperature above). Heavy-ball SGD on a curvature L
+is stable only for lr < 2 (1 + momentum) / L, and a class's largest eigenvalue (kept whole by `full` and
+`lowrank`, spread over the dimensions by `diag`) made the larger lambda0 diverge at lr 1.6. So each epoch
+each head steps with min(lr, (1 + momentum) / L_t), half that bound, at its own lambda_t; the record's
+`fits` give each head's smallest step, `lr_min`. Heads whose cap never binds train exactly as before.
 """
 
 from __future__ import annotations
@@ -135,8 +143,27 @@ def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
     return out
 
 
+def spectral_norm(stats: dict) -> torch.Tensor:
+    """max_c ||Sigma_c||_2 for Sigma_c = diag(S_c) + F_c^T F_c: max_d S_cd + ||F_c||_2^2, exact for the three
+    `cov` forms (lowrank's S_c is one value on every coordinate, and diag or full have one part only)."""
+    S, F = stats["S"], stats["F"]
+    norm = 0
+    if S is not None:
+        norm = norm + S.amax(1)
+    if F is not None:
+        norm = norm + torch.linalg.matrix_norm(F, ord=2) ** 2
+    return torch.as_tensor(norm).max()
+
+
+def step_size(hp: dict) -> torch.Tensor:
+    """Each head's step size [G, 1, 1] this epoch: lr, capped by the quadratic term's curvature (module docstring)."""
+    curvature = 2 * hp["lambda0"] * hp["epoch"] * hp["sigma_max"] / hp["lamda"]
+    return torch.minimum(hp["lr"], (1 + hp["momentum"]) / curvature)  # x / 0 = inf: no cap
+
+
 def setup(X, y, *, num_classes, points, seeds) -> dict:
-    return {"stats": class_stats(X, y, num_classes=num_classes, cov=points[0]["cov"], rank=points[0]["rank"])}
+    stats = class_stats(X, y, num_classes=num_classes, cov=points[0]["cov"], rank=points[0]["rank"])
+    return {"stats": stats, "sigma_max": spectral_norm(stats)}
 
 
 def check(y, *, num_classes: int, dim: int, points: list[dict]) -> None:
@@ -154,4 +181,4 @@ def check(y, *, num_classes: int, dim: int, points: list[dict]) -> None:
 def fit(X, y, *, num_classes: int, points: list[dict], device) -> Heads:
     check(y, num_classes=num_classes, dim=X.shape[1], points=points)
     return train(X, y, num_classes=num_classes, points=points, device=device, augment_keys=KEYS,
-                 weight_grad=weight_grad, setup=setup, stack_keys=STACK)
+                 weight_grad=weight_grad, setup=setup, stack_keys=STACK, step_size=step_size)

@@ -61,12 +61,14 @@ def batch_grad(W, xs, slot, y1, hp, augment=None) -> torch.Tensor:
 
 
 def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augment, augment_keys, weight_grad,
-                setup=None):
-    """Weights [G, C, D] and the centre [D] the heads were trained around (zeros without `center`).
+                setup=None, step_size=None):
+    """Weights [G, C, D], the centre [D] the heads were trained around (zeros without `center`) and each
+    head's smallest step size [G].
 
     `setup(X, y, num_classes=, points=, seeds=)`, when given, sees the normalised features the heads
     are trained on (once per stack) and returns entries added to `hp`, the dict every step receives;
-    `hp["epoch"]` is the fraction of training done when the epoch began (0, 1/epochs, ...)."""
+    `hp["epoch"]` is the fraction of training done when the epoch began (0, 1/epochs, ...).
+    `step_size(hp)`, when given, is each head's step size [G, 1, 1] for the epoch (else `hp["lr"]`)."""
     shift = X.mean(0) if center else torch.zeros_like(X[0])
     X = X - shift  # our one working copy, normalised in place: F.normalize(X - shift, dim=1), one X at a time
     X.div_(X.norm(2, 1, keepdim=True).clamp_min(1e-12))
@@ -81,16 +83,19 @@ def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augmen
     buf = torch.zeros_like(W)
     if setup:
         hp.update(setup(X, y, num_classes=num_classes, points=points, seeds=seeds))
+    lr_min = hp["lr"].flatten().clone()
     for epoch in progress.track(range(epochs), desc=f"fitting {len(points)} head(s)", unit="epoch"):
         hp["epoch"] = epoch / epochs
+        lr = step_size(hp) if step_size else hp["lr"]
+        torch.minimum(lr_min, lr.flatten(), out=lr_min)
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(X.device)  # [S, N]
         for start in range(0, n, batch_size):
             idx = perms[:, start:start + batch_size]  # one batch per seed: heads of a seed share it
             xs, y1 = X[idx], F.one_hot(y[idx[slot]], num_classes).to(X.dtype)  # [S, B, D], [G, B, C]
             grad = weight_grad(W, xs, slot, y1, hp) if weight_grad else batch_grad(W, xs, slot, y1, hp, augment)
             buf.mul_(hp["momentum"]).add_(grad + hp["weight_decay"] * W)  # torch.optim.SGD, dampening 0
-            W.sub_(hp["lr"] * buf)
-    return W, shift
+            W.sub_(lr * buf)
+    return W, shift, lr_min
 
 
 @contextmanager
@@ -107,27 +112,35 @@ def denormals_flushed():
 
 def train(X, y, *, num_classes: int, points: list[dict], device, augment: Callable | None = None,
           augment_keys: tuple[str, ...] = (), weight_grad: Callable | None = None, setup: Callable | None = None,
-          stack_keys: tuple[str, ...] = (), within: Callable | None = None) -> Heads:
+          stack_keys: tuple[str, ...] = (), within: Callable | None = None,
+          step_size: Callable | None = None) -> Heads:
     """Heads for `points`, in their order; one stack per distinct (batch_size, epochs, center, *stack_keys).
 
     A step's gradient is `batch_grad` (with `augment` applied to each head's batch), or `weight_grad`,
     a method's own computation of the same gradient with the same arguments. `stack_keys` are a method's
     hyperparameters that are not numbers (or that `setup` depends on): heads that differ in them are
     trained in different stacks; `setup` is `train_stack`'s. `within(point)`, when given, orders the heads
-    inside a stack (e.g. so that heads a step treats alike are contiguous: slices, not copies)."""
+    inside a stack (e.g. so that heads a step treats alike are contiguous: slices, not copies).
+    `step_size` is `train_stack`'s; with it, each head's `fits` entry has its smallest step size, `lr_min`."""
     X, y = X.to(device), y.to(device)
     W = torch.empty(len(points), num_classes, X.shape[1], dtype=X.dtype, device=device)
     b = torch.empty(len(points), num_classes, dtype=X.dtype, device=device)
+    lr_min = torch.empty(len(points), dtype=X.dtype, device=device)
     keys = SHARED + stack_keys
     order = sorted(range(len(points)), key=lambda i: ([points[i][k] for k in keys], within(points[i]) if within else 0))
     with denormals_flushed():
         for shared, group in groupby(order, key=lambda i: [points[i][k] for k in keys]):
             group = list(group)
-            W[group], shift = train_stack(X, y, num_classes=num_classes, points=[points[i] for i in group],
-                                          augment=augment, augment_keys=augment_keys, weight_grad=weight_grad,
-                                          setup=setup, **dict(zip(SHARED, shared)))
+            W[group], shift, lr_min[group] = train_stack(
+                X, y, num_classes=num_classes, points=[points[i] for i in group], augment=augment,
+                augment_keys=augment_keys, weight_grad=weight_grad, setup=setup, step_size=step_size,
+                **dict(zip(SHARED, shared)))
             b[group] = -W[group] @ shift  # W normalize(x - m) has the argmax of W x - W m
-    return Heads(W, b, fits=ends(W))
+    fits = ends(W)
+    if step_size:
+        for fit, lr in zip(fits, lr_min.tolist()):
+            fit["lr_min"] = lr
+    return Heads(W, b, fits=fits)
 
 
 def head_index(mask: torch.Tensor):
