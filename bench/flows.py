@@ -24,7 +24,6 @@ import math
 import pickle
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -41,25 +40,49 @@ VERSION = 1  # bump when the fit below changes: it is part of every key
 
 @dataclass
 class Codec:
+    """The PCA and the flow, in an order of the k coordinates that puts each coupling layer's two halves side
+    by side: the flow's layers split the coordinates by alternating masks (zuko's RealNVP), so with the
+    coordinates one mask leaves unchanged first and the others after, every layer's split is two slices
+    and its merge one concatenation, where zuko's own transform gathers and scatters on every call (half
+    a decode's time). The math is zuko's: each layer's affine map and hyper-network are its `meta`."""
+
     mean: torch.Tensor  # [D]
-    basis: torch.Tensor  # V [D, k], orthonormal columns
+    basis: torch.Tensor  # V [D, k], orthonormal columns, in the order below
     scale: torch.Tensor  # [k], the standard deviation of each principal coordinate
     flow: zuko.flows.Flow
+    order: torch.Tensor  # the flow's coordinates in ours: ours[i] is the flow's order[i]
+    first: int  # the coordinates of the first half
 
-    @cached_property
-    def transform(self):
-        """The flow's transform, built once: the flow is frozen, and building it (zuko's `flow()`) on every
-        call costs more than applying it to a batch."""
-        return self.flow().transform
+    @classmethod
+    def ordered(cls, mean, basis, scale, flow) -> Codec:
+        masks = [layer.mask for layer in flow.transform.transforms]
+        if any(not (m.equal(masks[0]) or m.equal(~masks[0])) for m in masks):
+            raise ValueError("the flow's coupling masks must alternate between two halves")
+        order = torch.cat([(~masks[0]).nonzero().squeeze(1), masks[0].nonzero().squeeze(1)]).to(basis.device)
+        return cls(mean, basis[:, order], scale[order], flow, order, int((~masks[0]).sum()))
 
     def coords(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) @ self.basis
 
+    def couple(self, u: torch.Tensor, layer, inverse: bool) -> torch.Tensor:
+        """One coupling layer (or its inverse) on u [..., k]: the half its mask keeps conditions the other."""
+        head, tail = u[..., :self.first], u[..., self.first:]
+        kept_first = not bool(layer.mask[self.order[0]])  # the first half is the mask's False set
+        a, b = (tail, head) if kept_first else (head, tail)  # a: conditions, kept; b: transformed
+        f = layer.meta(None, a)
+        b = f.inv(b) if inverse else f(b)
+        return torch.cat((b, a) if kept_first else (a, b), dim=-1)
+
     def encode(self, p: torch.Tensor) -> torch.Tensor:
-        return self.transform(p / self.scale)
+        u = p / self.scale
+        for layer in self.flow.transform.transforms:
+            u = self.couple(u, layer, inverse=False)
+        return u
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.transform.inv(z) * self.scale
+        for layer in reversed(self.flow.transform.transforms):
+            z = self.couple(z, layer, inverse=True)
+        return z * self.scale
 
 
 def key(X: torch.Tensor, settings: dict) -> str:
@@ -134,7 +157,7 @@ def fit(X: torch.Tensor, *, dim: int, transforms: int, hidden: int, epochs: int,
     flow = build(dim, transforms=transforms, hidden=hidden)
     flow.load_state_dict(entry["flow"])
     flow = flow.to(X.device, X.dtype).requires_grad_(False).eval()
-    codec = Codec(*(entry[k].to(X.device, X.dtype) for k in ("mean", "basis", "scale")), flow=flow)
+    codec = Codec.ordered(*(entry[k].to(X.device, X.dtype) for k in ("mean", "basis", "scale")), flow=flow)
     note = {"key": digest, "path": str(path) if path else None, "hit": entry.get("hit", False),
             "seconds": round(time.perf_counter() - start, 3), "rows": len(X), **entry["info"]}
     return codec, note

@@ -30,6 +30,21 @@ def test_encode_decode_round_trip(features, codec):
     torch.testing.assert_close(codec.encode(codec.decode(z)), z, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("transforms", [2, 3])
+def test_codec_is_zukos_own_transform_in_its_coordinate_order(features, transforms):
+    """Our slices-and-concatenation couplings against zuko's transform (gather and scatter), both ways."""
+    codec = flows.fit(features[0], **SETTINGS | {"transforms": transforms, "epochs": 1}, cache_dir=None)[0]
+    zuko_transform = codec.flow().transform
+    to_flow = torch.argsort(codec.order)  # ours = theirs[:, order], theirs = ours[:, argsort(order)]
+    p = codec.coords(features[0])
+    torch.testing.assert_close(codec.encode(p), zuko_transform((p / codec.scale)[:, to_flow])[:, codec.order],
+                               rtol=1e-5, atol=1e-5)
+    z = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(codec.decode(z), zuko_transform.inv(z[:, to_flow])[:, codec.order] * codec.scale,
+                               rtol=1e-5, atol=1e-5)
+    assert not codec.order.equal(torch.arange(8))  # a real reordering was exercised
+
+
 def setting(G, mode, norm, steps=3, alpha=0.5):
     eps = torch.tensor([0.05, 0.3, 1.0][:G]).view(-1, 1, 1)
     return {"eps": eps, "alpha": torch.full_like(eps, alpha), "lamda": torch.full_like(eps, 0.1),
@@ -91,7 +106,9 @@ def test_the_step_in_principal_coordinates_equals_the_literal_recipe(features, c
     def gens():
         return [torch.Generator().manual_seed(s) for s in (5, 6)]
 
-    got = flow.weight_grad(W, xs, slot, y1, hp | {"codec": codec, "gens": gens()})
+    P = codec.coords(X)  # setup's once-per-stack coordinates and latents of every fitted example
+    cached = {"codec": codec, "gens": gens(), "P": P, "Z": codec.encode(P), "batch": torch.arange(48).view(2, 24)}
+    got = flow.weight_grad(W, xs, slot, y1, hp | cached)
     x = xs[slot]
     p, noise = codec.coords(x), flow.draw(gens(), (24, 8), xs)[slot]
     delta = flow.offsets(codec, W, x @ W.transpose(1, 2), p, codec.encode(p), noise, hp)

@@ -13,7 +13,8 @@ replaces every example of the batch by its perturbed version (the official `rati
   trained on x' with the true labels.
 Everything after the flow lives in the k = pca_dim principal coordinates: the head's logits of x' are
 x W^T + (p' - p) (W V)^T and its weight gradient r^T x + (r^T (p' - p)) V^T, so a step costs about one
-`sgd` step plus the flow's k-dimensional passes, never a second [G, B, D] product.
+`sgd` step plus the flow's k-dimensional passes, never a second [G, B, D] product. The features are
+frozen, so p and z of every fitted example are computed once per stack: a step only decodes.
 """
 
 from __future__ import annotations
@@ -72,8 +73,7 @@ def offsets(codec, W, xW, p, z, noise, hp) -> torch.Tensor:
 
 def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
     codec = hp["codec"]
-    ps = codec.coords(xs)  # [S, B, k]
-    zs = codec.encode(ps)
+    ps, zs = hp["P"][hp["batch"]], hp["Z"][hp["batch"]]  # [S, B, k]
     x, p, z = xs[slot], ps[slot], zs[slot]
     xW = torch.einsum("gbd,gcd->gbc", x, W)
     noise = draw(hp["gens"], zs.shape[1:], zs)[slot]  # one draw per seed, shared by its heads
@@ -92,7 +92,9 @@ def make_setup(cache_dir, costs: dict | None):
             timings = costs.setdefault("timings", {})
             timings["flow_fit"] = round(timings.get("flow_fit", 0.0) + note["seconds"], 3)
         adv = torch.tensor([q["mode"] == "adv" for q in points], device=X.device).view(-1, 1, 1)
-        return {"codec": codec, "adv": adv, "norm": first["norm"], "steps": first["steps"],
+        P = codec.coords(X)  # the features are frozen: each example's coordinates and latent, once
+        Z = torch.cat([codec.encode(part) for part in P.split(8192)])
+        return {"codec": codec, "adv": adv, "P": P, "Z": Z, "norm": first["norm"], "steps": first["steps"],
                 "gens": [torch.Generator(device=X.device).manual_seed(s + STREAM) for s in seeds]}
     return setup
 

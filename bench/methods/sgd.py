@@ -67,7 +67,8 @@ def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augmen
 
     `setup(X, y, num_classes=, points=, seeds=)`, when given, sees the normalised features the heads
     are trained on (once per stack) and returns entries added to `hp`, the dict every step receives;
-    `hp["epoch"]` is the fraction of training done when the epoch began (0, 1/epochs, ...).
+    `hp["epoch"]` is the fraction of training done when the epoch began (0, 1/epochs, ...), and
+    `hp["batch"]` the rows of X in each seed's batch [S, B] (a method may have computed on them in `setup`).
     `step_size(hp)`, when given, is each head's step size [G, 1, 1] for the epoch (else `hp["lr"]`)."""
     shift = X.mean(0) if center else torch.zeros_like(X[0])
     X = X - shift  # our one working copy, normalised in place: F.normalize(X - shift, dim=1), one X at a time
@@ -90,7 +91,7 @@ def train_stack(X, y, *, num_classes, points, batch_size, epochs, center, augmen
         torch.minimum(lr_min, lr.flatten(), out=lr_min)
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(X.device)  # [S, N]
         for start in range(0, n, batch_size):
-            idx = perms[:, start:start + batch_size]  # one batch per seed: heads of a seed share it
+            idx = hp["batch"] = perms[:, start:start + batch_size]  # one batch per seed: heads of a seed share it
             xs, y1 = X[idx], F.one_hot(y[idx[slot]], num_classes).to(X.dtype)  # [S, B, D], [G, B, C]
             grad = weight_grad(W, xs, slot, y1, hp) if weight_grad else batch_grad(W, xs, slot, y1, hp, augment)
             buf.mul_(hp["momentum"]).add_(grad + hp["weight_decay"] * W)  # torch.optim.SGD, dampening 0
