@@ -1,7 +1,7 @@
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install demo demo-augment demo-finetune table test lint
+.PHONY: install demo demo-finetune table test lint
 
 # the virtual environment, rebuilt when the project's dependencies change
 $(VENV)/.installed: pyproject.toml
@@ -11,14 +11,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# the offline demo: digits x {pixels, random-init ResNet-10-T} x {linear, sgd, sea, isda, noise}, then the table
+# the offline demo: digits x {pixels, random-init ResNet-10-T} x {linear, sgd, sea, isda, noise, afan, flow},
+# then the table
 demo: install
 	$(BIN)/seabench run -m experiment=demo
-	$(BIN)/seabench table
-
-# the slower feature augmentations on the demo's data: A-FAN and the flow (several minutes each on 2 cores)
-demo-augment: install
-	$(BIN)/seabench run -m experiment=demo_augment
 	$(BIN)/seabench table
 
 # fine-tuning on the demo's data: the random-init ResNet-10-T end to end at the demo's 64 px, 200 steps of

@@ -26,7 +26,7 @@ def seabench(*args, tmp: Path, check=True):
 def test_demo_and_table(tmp_path):
     out = seabench("run", "-m", "experiment=demo", tmp=tmp_path)
     records = sorted((tmp_path / "results" / "runs" / "digits").rglob("*.json"))
-    assert len(records) == 10, out.stdout + out.stderr
+    assert len(records) == 14, out.stdout + out.stderr
     for path in records:
         record = json.loads(path.read_text())
         assert record["protocol_version"] == 2 and record["dataset"] == "digits"
@@ -40,10 +40,12 @@ def test_demo_and_table(tmp_path):
         assert record["cost"]["stages"]["fit"]["seconds"] == record["timings"]["fit"]
         if record["method"] == "sea":
             assert "eta" in record["chosen"]
+        if record["method"] == "flow":
+            assert record["timings"]["flow_fit"] > 0 and not record["method_costs"]["flow_fits"][0]["hit"]
     table = seabench("table", tmp=tmp_path).stdout
     assert "random-init ResNet-10-T" in table and "pixels" in table and "digits" in table
     assert (tmp_path / "results" / "table.md").read_text().strip() == table.strip()
-    assert len((tmp_path / "results" / "table.csv").read_text().splitlines()) == 11
+    assert len((tmp_path / "results" / "table.csv").read_text().splitlines()) == 15
     # a second run of the same cell is skipped, and extracts nothing
     again = seabench("run", "dataset=digits", "backbone=random_resnet10t", "method=linear", tmp=tmp_path)
     assert "skipping" in again.stdout + again.stderr

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from bench.methods import Heads
-from bench.methods.sgd import logit_grad, train
+from bench.methods.sgd import grad_of, logit_grad_at, logits_of, train
 
 KEYS = ("sigma",)
 STREAM = 7919  # offset of the noise generators' seeds from the heads' own (which draw weights, then batches)
@@ -28,9 +28,14 @@ def draw(gens, shape, like: torch.Tensor) -> torch.Tensor:
 
 
 def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
-    e = draw(hp["noise_gens"], xs.shape[1:], xs)  # [S, B, D]
-    x = xs[slot] + (hp["sigma"] * xs.shape[-1] ** -0.5) * e[slot]
-    return torch.einsum("gbc,gbd->gcd", logit_grad(W, x, y1, hp), x)
+    """With a = sigma / sqrt(D): the logits (x + a e) W^T = x W^T + a e W^T and the gradient
+    r^T x + a r^T e, from the seeds' batches and draws side by side [S, 2B, D], never a per-head copy."""
+    B = xs.shape[1]
+    a = hp["sigma"] * xs.shape[-1] ** -0.5  # [G, 1, 1]
+    both = torch.cat([xs, draw(hp["noise_gens"], xs.shape[1:], xs)], dim=1)  # [S, 2B, D]: x, then e
+    z = logits_of(both, W, slot)
+    r = logit_grad_at(torch.addcmul(z[:, :B], a, z[:, B:]), y1, hp)
+    return grad_of(torch.cat([r, a * r], dim=1), both, slot)
 
 
 def fit(X, y, *, num_classes: int, points: list[dict], device) -> Heads:

@@ -51,6 +51,34 @@ def logit_grad_at(xW, y1, hp) -> torch.Tensor:
     return (torch.softmax(z / hp["lamda"], dim=-1) - y1) / xW.shape[1]
 
 
+def seed_major(slot: torch.Tensor, seeds: int) -> bool:
+    """Whether the heads come seed by seed, as many per seed (`train` orders a grid's heads so)."""
+    G = len(slot)
+    return G % seeds == 0 and torch.equal(slot, torch.arange(seeds, device=slot.device).repeat_interleave(G // seeds))
+
+
+def logits_of(xs, W, slot) -> torch.Tensor:
+    """x W^T [G, B, C] of head g on its seed's batch xs[slot[g]] (xs [S, B, D]). With the heads seed-major,
+    one product per seed against all its heads' weights, [B, D] x [D, G/S * C]: no [G, B, D] copy of the
+    batches, and about twice as fast as the per-head products at the benchmark's shape."""
+    S, B, D = xs.shape
+    G, C, _ = W.shape
+    if not seed_major(slot, S):
+        return torch.einsum("gbd,gcd->gbc", xs[slot], W)
+    out = torch.bmm(xs, W.reshape(S, -1, D).transpose(1, 2))  # [S, B, G/S * C]
+    return out.view(S, B, G // S, C).transpose(1, 2).reshape(G, B, C)
+
+
+def grad_of(r, xs, slot) -> torch.Tensor:
+    """sum_b r[g, b, c] xs[slot[g], b, d]: the weight gradient [G, C, D] of logit gradients r [G, B, C]."""
+    S, B, D = xs.shape
+    G, _, C = r.shape
+    if not seed_major(slot, S):
+        return torch.einsum("gbc,gbd->gcd", r, xs[slot])
+    R = r.view(S, G // S, B, C).transpose(2, 3).reshape(S, G // S * C, B)
+    return torch.bmm(R, xs).view(G, C, D)
+
+
 def batch_grad(W, xs, slot, y1, hp, augment=None) -> torch.Tensor:
     """d loss / d W [G, C, D] on the batch: head g sees seed slot[g]'s batch xs[slot[g]] (xs: [S, B, D]),
     after `augment` when there is one."""
@@ -121,14 +149,16 @@ def train(X, y, *, num_classes: int, points: list[dict], device, augment: Callab
     a method's own computation of the same gradient with the same arguments. `stack_keys` are a method's
     hyperparameters that are not numbers (or that `setup` depends on): heads that differ in them are
     trained in different stacks; `setup` is `train_stack`'s. `within(point)`, when given, orders the heads
-    inside a stack (e.g. so that heads a step treats alike are contiguous: slices, not copies).
+    inside a stack (e.g. so that heads a step treats alike are contiguous: slices, not copies); then come
+    the seeds, so that each group's heads are seed-major (`logits_of`, `grad_of`).
     `step_size` is `train_stack`'s; with it, each head's `fits` entry has its smallest step size, `lr_min`."""
     X, y = X.to(device), y.to(device)
     W = torch.empty(len(points), num_classes, X.shape[1], dtype=X.dtype, device=device)
     b = torch.empty(len(points), num_classes, dtype=X.dtype, device=device)
     lr_min = torch.empty(len(points), dtype=X.dtype, device=device)
     keys = SHARED + stack_keys
-    order = sorted(range(len(points)), key=lambda i: ([points[i][k] for k in keys], within(points[i]) if within else 0))
+    order = sorted(range(len(points)), key=lambda i: ([points[i][k] for k in keys], within(points[i]) if within else 0,
+                                                      points[i]["seed"]))
     with denormals_flushed():
         for shared, group in groupby(order, key=lambda i: [points[i][k] for k in keys]):
             group = list(group)
