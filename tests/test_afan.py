@@ -68,10 +68,11 @@ def test_mix_by_hand():
     torch.testing.assert_close(afan.mix(x, x_adv, 0.0), x)  # t = 0: x's own moments give x back
 
 
+@pytest.mark.parametrize("seeds,slot", [(2, [0, 1, 1]), (1, [0, 0, 0])], ids=["mixed", "seed-major"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_step_equals_autograd_of_the_mean_of_clean_and_adversarial_losses(dtype, tol):
+def test_step_equals_autograd_of_the_mean_of_clean_and_adversarial_losses(dtype, tol, seeds, slot):
     x, W, y, hp = problem(dtype)
-    xs, slot = x[:2], torch.tensor([0, 1, 1])
+    xs, slot = x[:seeds], torch.tensor(slot)
     y = y[slot]
     y1 = F.one_hot(y, 4).to(dtype)
     hp = hp | {"steps": 2}

@@ -30,6 +30,17 @@ def test_encode_decode_round_trip(features, codec):
     torch.testing.assert_close(codec.encode(codec.decode(z)), z, rtol=0, atol=1e-4)
 
 
+def test_principal_directions_are_the_leading_eigenvectors(features):
+    """The randomized SVD against the exact eigendecomposition of the covariance, in float32 as real runs."""
+    X = features[0]
+    mean, basis, scale = flows.principal(X, 8, seed=0)
+    ev, vecs = torch.linalg.eigh(torch.cov(X.double().T, correction=0))
+    ev, vecs = ev.flip(0)[:8], vecs.flip(1)[:, :8]
+    torch.testing.assert_close(mean, X.mean(0))
+    torch.testing.assert_close(scale.double(), ev.sqrt(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close((basis.double().T @ vecs).abs(), torch.eye(8, dtype=torch.float64), rtol=0, atol=2e-3)
+
+
 @pytest.mark.parametrize("transforms", [2, 3])
 def test_codec_is_zukos_own_transform_in_its_coordinate_order(features, transforms):
     """Our slices-and-concatenation couplings against zuko's transform (gather and scatter), both ways."""

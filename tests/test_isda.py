@@ -99,11 +99,12 @@ def autograd_grad(W, xs, slot, y, hp, Sigma):
     return torch.autograd.grad(total, W)[0]
 
 
+@pytest.mark.parametrize("seeds,slot", [(2, [0, 1, 0]), (1, [0, 0, 0])], ids=["mixed", "seed-major"])
 @pytest.mark.parametrize("cov", ["diag", "full", "lowrank"])
-def test_training_step_equals_autograd_of_the_isda_loss(cov, monkeypatch):
+def test_training_step_equals_autograd_of_the_isda_loss(cov, seeds, slot, monkeypatch):
     X, y, W = problem(n=48, D=5, C=4, G=3)
     stats = isda.class_stats(X, y, num_classes=4, cov=cov, rank=2)
-    xs, slot = X[:24].view(2, 12, 5), torch.tensor([0, 1, 0])
+    xs, slot = X[:24].view(2, 12, 5)[:seeds], torch.tensor(slot)
     labels = y[:24].view(2, 12)[slot]
     labels[labels == 2] = 0  # a class with no example in the batches: no q row of its own
     hp = hparams(torch.float64, 3) | {"stats": stats}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from bench.methods import Heads
-from bench.methods.sgd import head_index, logit_grad, logit_grad_at, train
+from bench.methods.sgd import grad_of, head_index, logit_grad, logit_grad_at, logits_of, train
 
 KEYS = ("gamma", "eps", "mix")
 STACK = ("steps",)  # heads with different step counts are trained in different stacks: none waits on another
@@ -68,28 +68,29 @@ def mix(x, x_adv, t) -> torch.Tensor:
 def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
     """d/dW of 0.5 * (loss(clean) + loss(adversarial)), each a batch mean. The clean pass's logit gradient
     is the first ascent step's; a mixed head's adversarial example a x + b (`affine`) has the logits
-    a (x W^T) + b (W 1)^T and the weight gradient (a r)^T x + (r^T b) 1^T, so it needs no product of its own."""
+    a (x W^T) + b (W 1)^T and the weight gradient (a r)^T x + (r^T b) 1^T, so it needs no product of its own;
+    the clean terms of all heads are one product per seed (`grad_of`)."""
     x = xs[slot]
-    xW = torch.einsum("gbd,gcd->gbc", x, W)
+    xW = logits_of(xs, W, slot)
     r = logit_grad_at(xW, y1, hp)  # clean
     x_adv = ascend(W, x, y1, hp, hp["steps"], first=r)
-    out = torch.empty_like(W)
+    out = torch.zeros_like(W)
     for mixed in (True, False):
         on = (hp["mix"] > 0) if mixed else (hp["mix"] <= 0)
         if not on.any():
             continue
         h = head_index(on)
         sub = {"lamda": hp["lamda"][h], "delta": hp["delta"][h]}
-        xh, adv = x[h], x_adv[h]
         if mixed:
-            a, b = affine(xh, adv, hp["mix"][h])
+            a, b = affine(x[h], x_adv[h], hp["mix"][h])
             r_adv = logit_grad_at(a * xW[h] + b * W[h].sum(-1).unsqueeze(1), y1[h], sub)
-            grad = torch.einsum("gbc,gbd->gcd", r[h] + a * r_adv, xh) + (b * r_adv).sum(1).unsqueeze(-1)
+            r[h] += a * r_adv  # its x term joins the clean one
+            out[h] = (b * r_adv).sum(1).unsqueeze(-1)
         else:
+            adv = x_adv[h]
             r_adv = logit_grad_at(torch.einsum("gbd,gcd->gbc", adv, W[h]), y1[h], sub)
-            grad = torch.einsum("gbc,gbd->gcd", r[h], xh) + torch.einsum("gbc,gbd->gcd", r_adv, adv)
-        out[h] = 0.5 * grad
-    return out
+            out[h] = torch.einsum("gbc,gbd->gcd", r_adv, adv)
+    return 0.5 * (out + grad_of(r, xs, slot))
 
 
 def setup(X, y, *, num_classes, points, seeds) -> dict:

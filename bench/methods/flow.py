@@ -24,7 +24,7 @@ import torch
 from bench import UserError, flows
 from bench.methods import Heads
 from bench.methods.noise import draw
-from bench.methods.sgd import head_index, logit_grad_at, train
+from bench.methods.sgd import grad_of, head_index, logit_grad_at, logits_of, train
 
 KEYS = ("eps", "alpha")
 STACK = ("norm", "steps")  # `rand` and `adv` heads share a stack: one encode and one decode per step
@@ -74,12 +74,12 @@ def offsets(codec, W, xW, p, z, noise, hp) -> torch.Tensor:
 def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
     codec = hp["codec"]
     ps, zs = hp["P"][hp["batch"]], hp["Z"][hp["batch"]]  # [S, B, k]
-    x, p, z = xs[slot], ps[slot], zs[slot]
-    xW = torch.einsum("gbd,gcd->gbc", x, W)
+    p, z = ps[slot], zs[slot]
+    xW = logits_of(xs, W, slot)
     noise = draw(hp["gens"], zs.shape[1:], zs)[slot]  # one draw per seed, shared by its heads
     shift = codec.decode(z + offsets(codec, W, xW, p, z, noise, hp)) - p  # [G, B, k]: x' = x + V shift
     r = logit_grad_at(xW + shift @ (W @ codec.basis).transpose(1, 2), y1, hp)
-    return torch.einsum("gbc,gbd->gcd", r, x) + (r.transpose(1, 2) @ shift) @ codec.basis.T
+    return grad_of(r, xs, slot) + (r.transpose(1, 2) @ shift) @ codec.basis.T
 
 
 def make_setup(cache_dir, costs: dict | None):

@@ -38,7 +38,7 @@ import torch
 
 from bench import UserError
 from bench.methods import Heads
-from bench.methods.sgd import logit_grad_at, train
+from bench.methods.sgd import grad_of, logit_grad_at, logits_of, train
 
 KEYS = ("lambda0",)
 STACK = ("cov", "rank")  # the class statistics depend on them: one stack per value
@@ -125,22 +125,23 @@ def augmented(xW, q, y1, lam, lamda) -> torch.Tensor:
 
 
 def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
-    """d loss / d W of the ISDA loss of each head's batch, in chunks of heads (see BUDGET)."""
+    """d loss / d W of the ISDA loss of each head's batch: the data terms of all heads in one product per
+    seed (`logits_of`, `grad_of`), the quadratic terms in chunks of heads (see BUDGET)."""
     G, C, _ = W.shape
     rows = (y1.sum((0, 1)) > 0).nonzero().squeeze(1)  # only the classes of the batches' examples have a q row
     S, F = (None if v is None else v[rows] for v in (hp["stats"]["S"], hp["stats"]["F"]))
-    y1r, x = y1[..., rows], xs[slot]
-    out = torch.empty_like(W)
+    y1r, xW = y1[..., rows], logits_of(xs, W, slot)
+    r, out = torch.empty_like(xW), torch.empty_like(W)
     step = max(1, BUDGET // (len(rows) * C * (F.shape[1] if F is not None else 1)))
     for start in range(0, G, step):
         h = slice(start, start + step)
         q, E = quadratic(W[h], S, F, rows)
         lam, lamda = hp["lambda0"][h] * hp["epoch"], hp["lamda"][h]  # [g, 1, 1]
-        z = augmented(torch.einsum("gbd,gcd->gbc", x[h], W[h]), q, y1r[h], lam, lamda)
-        r = logit_grad_at(z, y1[h], {"delta": hp["delta"][h], "lamda": lamda})  # d loss / d z
-        M = lam / (2 * lamda) * (y1r[h].transpose(1, 2) @ r)  # d loss / d q[c, j]: class c's rows of r, summed
-        out[h] = torch.einsum("gbc,gbd->gcd", r, x[h]) + quadratic_grad(W[h], S, F, E, M, rows)
-    return out
+        z = augmented(xW[h], q, y1r[h], lam, lamda)
+        r[h] = logit_grad_at(z, y1[h], {"delta": hp["delta"][h], "lamda": lamda})  # d loss / d z
+        M = lam / (2 * lamda) * (y1r[h].transpose(1, 2) @ r[h])  # d loss / d q[c, j]: class c's rows of r, summed
+        out[h] = quadratic_grad(W[h], S, F, E, M, rows)
+    return out + grad_of(r, xs, slot)
 
 
 def spectral_norm(stats: dict) -> torch.Tensor:
