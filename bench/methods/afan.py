@@ -21,26 +21,35 @@ from __future__ import annotations
 import torch
 
 from bench.methods import Heads
-from bench.methods.sgd import grad_of, head_index, logit_grad, logit_grad_at, logits_of, train
+from bench.methods.sgd import grad_of, head_index, logit_grad_at, logits_of, plus_batches, train
 
 KEYS = ("gamma", "eps", "mix")
 STACK = ("steps",)  # heads with different step counts are trained in different stacks: none waits on another
 FLOOR = 1e-12  # on a standard deviation
 
 
-def ascend(W, x, y1, hp, steps: int, first: torch.Tensor | None = None) -> torch.Tensor:
-    """x after `steps` sign-gradient ascent steps of the loss of each head (and the optional clip);
-    `first`: d loss / d logits at x when the caller has it (the clean pass's), which saves the first product."""
-    unit = x.shape[-1] ** -0.5
+def displacement(W, xW, y1, hp, steps: int, first: torch.Tensor | None = None) -> torch.Tensor:
+    """x_adv - x [G, B, D] after `steps` sign-gradient ascent steps of the loss of each head (and the optional
+    clip, a clamp of the displacement), from the clean logits xW = x W^T; `first`: d loss / d logits at x
+    when the caller has it (the clean pass's), which saves the first product."""
+    unit = W.shape[-1] ** -0.5
     step, radius, clip = hp["gamma"] * unit, hp["eps"] * unit, hp["eps"] > 0
-    x_adv = x
+    d = None
     for k in range(steps):
-        r = first if k == 0 and first is not None else logit_grad(W, x_adv, y1, hp)
-        grad = torch.einsum("gbc,gcd->gbd", r, W)  # d loss / d x, up to a positive factor
-        x_adv = x_adv + step * grad.sign_()
+        if k == 0:
+            r = first if first is not None else logit_grad_at(xW, y1, hp)
+        else:
+            r = logit_grad_at(xW + torch.einsum("gbd,gcd->gbc", d, W), y1, hp)
+        move = torch.einsum("gbc,gcd->gbd", r, W).sign_().mul_(step)  # d loss / d x, up to a positive factor
+        d = move if d is None else d.add_(move)
         if clip.any():
-            x_adv = torch.where(clip, torch.minimum(torch.maximum(x_adv, x - radius), x + radius), x_adv)
-    return x_adv
+            d = torch.where(clip, torch.minimum(torch.maximum(d, -radius), radius), d)
+    return d
+
+
+def ascend(W, x, y1, hp, steps: int) -> torch.Tensor:
+    """x after `steps` sign-gradient ascent steps (`displacement`): the adversarial features themselves."""
+    return x + displacement(W, torch.einsum("gbd,gcd->gbc", x, W), y1, hp, steps)
 
 
 def moments(x) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,14 +75,14 @@ def mix(x, x_adv, t) -> torch.Tensor:
 
 
 def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
-    """d/dW of 0.5 * (loss(clean) + loss(adversarial)), each a batch mean. The clean pass's logit gradient
-    is the first ascent step's; a mixed head's adversarial example a x + b (`affine`) has the logits
-    a (x W^T) + b (W 1)^T and the weight gradient (a r)^T x + (r^T b) 1^T, so it needs no product of its own;
-    the clean terms of all heads are one product per seed (`grad_of`)."""
-    x = xs[slot]
+    """d/dW of 0.5 * (loss(clean) + loss(adversarial)), each a batch mean, from the displacement d = x_adv - x
+    alone: no head's copy of its batch is made (`plus_batches`). The clean pass's logit gradient is the first
+    ascent step's. A plain head's x_adv has the logits x W^T + d W^T and the gradient r_adv^T x + r_adv^T d;
+    a mixed head's example a x + b (`affine`) has the logits a (x W^T) + b (W 1)^T and the gradient
+    (a r_adv)^T x + (r_adv^T b) 1^T. Every x term joins the clean one: one product per seed (`grad_of`)."""
     xW = logits_of(xs, W, slot)
     r = logit_grad_at(xW, y1, hp)  # clean
-    x_adv = ascend(W, x, y1, hp, hp["steps"], first=r)
+    d = displacement(W, xW, y1, hp, hp["steps"], first=r)
     out = torch.zeros_like(W)
     for mixed in (True, False):
         on = (hp["mix"] > 0) if mixed else (hp["mix"] <= 0)
@@ -82,14 +91,17 @@ def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
         h = head_index(on)
         sub = {"lamda": hp["lamda"][h], "delta": hp["delta"][h]}
         if mixed:
-            a, b = affine(x[h], x_adv[h], hp["mix"][h])
+            mu, sigma = (v[slot[h]] for v in moments(xs))  # the clean x's, per seed
+            mu_t, sigma_t = moments(plus_batches(hp["mix"][h] * d[h], xs, slot[h]))  # lerp(x, x_adv, t)'s
+            a = sigma_t / sigma
+            b = mu_t - a * mu
             r_adv = logit_grad_at(a * xW[h] + b * W[h].sum(-1).unsqueeze(1), y1[h], sub)
-            r[h] += a * r_adv  # its x term joins the clean one
+            r[h] += a * r_adv
             out[h] = (b * r_adv).sum(1).unsqueeze(-1)
         else:
-            adv = x_adv[h]
-            r_adv = logit_grad_at(torch.einsum("gbd,gcd->gbc", adv, W[h]), y1[h], sub)
-            out[h] = torch.einsum("gbc,gbd->gcd", r_adv, adv)
+            r_adv = logit_grad_at(xW[h] + torch.einsum("gbd,gcd->gbc", d[h], W[h]), y1[h], sub)
+            r[h] += r_adv
+            out[h] = torch.einsum("gbc,gbd->gcd", r_adv, d[h])
     return 0.5 * (out + grad_of(r, xs, slot))
 
 

@@ -57,26 +57,54 @@ def seed_major(slot: torch.Tensor, seeds: int) -> bool:
     return G % seeds == 0 and torch.equal(slot, torch.arange(seeds, device=slot.device).repeat_interleave(G // seeds))
 
 
+def by_seed(slot: torch.Tensor, seeds: int) -> torch.Tensor | None:
+    """The heads in seed-major order (a stable sort of `slot`), or None when the seeds have unequal numbers
+    of heads; the identity is returned as a slice."""
+    if seed_major(slot, seeds):
+        return slice(None)
+    counts = torch.bincount(slot, minlength=seeds)
+    return None if bool((counts != counts[0]).any()) else torch.argsort(slot, stable=True)
+
+
 def logits_of(xs, W, slot) -> torch.Tensor:
-    """x W^T [G, B, C] of head g on its seed's batch xs[slot[g]] (xs [S, B, D]). With the heads seed-major,
-    one product per seed against all its heads' weights, [B, D] x [D, G/S * C]: no [G, B, D] copy of the
-    batches, and about twice as fast as the per-head products at the benchmark's shape."""
+    """x W^T [G, B, C] of head g on its seed's batch xs[slot[g]] (xs [S, B, D]): one product per seed against
+    all its heads' weights, [B, D] x [D, G/S * C], with no [G, B, D] copy of the batches (about twice as fast
+    as the per-head products at the benchmark's shape); the heads are reordered by seed when they are not
+    (a copy of W, B / C times smaller), and per head when the seeds have unequal numbers of heads."""
     S, B, D = xs.shape
     G, C, _ = W.shape
-    if not seed_major(slot, S):
+    order = by_seed(slot, S)
+    if order is None:
         return torch.einsum("gbd,gcd->gbc", xs[slot], W)
-    out = torch.bmm(xs, W.reshape(S, -1, D).transpose(1, 2))  # [S, B, G/S * C]
-    return out.view(S, B, G // S, C).transpose(1, 2).reshape(G, B, C)
+    out = torch.bmm(xs, W[order].reshape(S, -1, D).transpose(1, 2))  # [S, B, G/S * C]
+    out = out.view(S, B, G // S, C).transpose(1, 2).reshape(G, B, C)
+    if isinstance(order, slice):
+        return out
+    return torch.empty_like(out).index_copy_(0, order, out)
 
 
 def grad_of(r, xs, slot) -> torch.Tensor:
     """sum_b r[g, b, c] xs[slot[g], b, d]: the weight gradient [G, C, D] of logit gradients r [G, B, C]."""
     S, B, D = xs.shape
     G, _, C = r.shape
-    if not seed_major(slot, S):
+    order = by_seed(slot, S)
+    if order is None:
         return torch.einsum("gbc,gbd->gcd", r, xs[slot])
-    R = r.view(S, G // S, B, C).transpose(2, 3).reshape(S, G // S * C, B)
-    return torch.bmm(R, xs).view(G, C, D)
+    R = r[order].reshape(S, G // S, B, C).transpose(2, 3).reshape(S, G // S * C, B)
+    out = torch.bmm(R, xs).view(G, C, D)
+    if isinstance(order, slice):
+        return out
+    return torch.empty_like(out).index_copy_(0, order, out)
+
+
+def plus_batches(t, xs, slot) -> torch.Tensor:
+    """t [G, B, D] + xs[slot], in place: with the heads seed-major, each seed's batch broadcast over its
+    heads, without the [G, B, D] copy of the batches."""
+    S = xs.shape[0]
+    if not seed_major(slot, S):
+        return t.add_(xs[slot])
+    t.view(S, -1, *t.shape[1:]).add_(xs[:, None])
+    return t
 
 
 def batch_grad(W, xs, slot, y1, hp, augment=None) -> torch.Tensor:
