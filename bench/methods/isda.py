@@ -81,6 +81,12 @@ def max_rank(y, *, num_classes: int, dim: int, cov: str, rank: int) -> int:
     return min(int(torch.bincount(y, minlength=num_classes).max()), dim)
 
 
+def shared(A, W) -> torch.Tensor:
+    """A W_g^T [G, R, C] for a matrix A [R, D] that every head shares: one product [R, D] x [D, G C], not G."""
+    G, C, D = W.shape
+    return (A @ W.reshape(G * C, D).T).view(-1, G, C).transpose(0, 1)
+
+
 def quadratic(W, S, F, rows=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """q [G, R, C], q[g, c, j] = (w_j - w_c)^T Sigma_c (w_j - w_c) for the heads W [G, C, D] and the classes
     c of `rows` (all when None), whose statistics S [R, D] and F [R, r, D] are; also the factor's differences
@@ -91,11 +97,11 @@ def quadratic(W, S, F, rows=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     q = W.new_zeros(G, len(rows), C)
     if S is not None:  # sum_d S_cd (w_jd - w_cd)^2, expanded
         SW = S * Wr
-        q += S @ (W * W).transpose(1, 2) - 2 * SW @ W.transpose(1, 2) + (SW * Wr).sum(-1, keepdim=True)
+        q += shared(S, W * W).baddbmm_(SW, W.transpose(1, 2), alpha=-2) + torch.linalg.vecdot(SW, Wr).unsqueeze(-1)
     E = None
     if F is not None:
         r = F.shape[1]
-        P = (F.reshape(-1, D) @ W.transpose(1, 2)).view(G, len(rows), r, C)  # F_cr . w_j
+        P = shared(F.reshape(-1, D), W).view(G, len(rows), r, C)  # F_cr . w_j
         E = P - P.gather(3, rows.view(1, -1, 1, 1).expand(G, -1, r, 1))  # minus F_cr . w_c
         q = q + E.pow(2).sum(2)
     return q, E
@@ -108,13 +114,14 @@ def quadratic_grad(W, S, F, E, M, rows=None) -> torch.Tensor:
     out = torch.zeros_like(W)
     if S is not None:
         Wr, Mt = W[:, rows], M.transpose(1, 2)
-        out += 2 * (W * (Mt @ S) - Mt @ (S * Wr))  # as w_j
-        out.index_add_(1, rows, -2 * S * (M @ W - M.sum(-1, keepdim=True) * Wr))  # as w_c
+        out.addcmul_(W, Mt @ S, value=2).baddbmm_(Mt, S * Wr, alpha=-2)  # as w_j
+        as_c = (M @ W).sub_(M.sum(-1, keepdim=True) * Wr).mul_(S)  # in place: one [G, R, D] buffer
+        out.index_add_(1, rows, as_c, alpha=-2)  # as w_c
     if F is not None:
         r = F.shape[1]
         H = 2 * M[:, :, None, :] * E  # d/dP[g, c, r, j] through w_j ...
         H.scatter_add_(3, rows.view(1, -1, 1, 1).expand(G, -1, r, 1), -H.sum(-1, keepdim=True))  # ... and w_c
-        out += H.reshape(G, -1, C).transpose(1, 2) @ F.reshape(-1, D)
+        out += (H.reshape(G, -1, C).transpose(1, 2).reshape(G * C, -1) @ F.reshape(-1, D)).view(G, C, D)
     return out
 
 
