@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from bench.methods import noise, sgd
 
-# seed-major; reordered by seed; per head (unequal numbers of heads per seed)
-SLOTS = [torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 1, 0, 1, 1, 0]), torch.tensor([0, 1, 1, 1, 1, 0])]
-IDS = ["seed-major", "reordered", "per-head"]
+# seed-major; two seed-major runs (as `within` orders a stack); per head (in no such order)
+SLOTS = [torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 1, 1, 0, 1]), torch.tensor([0, 1, 0, 1, 1, 0])]
+IDS = ["seed-major", "runs", "per-head"]
 
 
 @pytest.mark.parametrize("slot", SLOTS, ids=IDS)
@@ -33,10 +33,11 @@ def test_step_equals_autograd_of_the_loss_on_noisy_features(slot, dtype, tol):
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("slot", SLOTS, ids=IDS)
-def test_seed_major_products_equal_the_per_head_ones(slot):
+@pytest.mark.parametrize("slot,runs", list(zip(SLOTS, [[(0, 6)], [(0, 4), (4, 6)], None])), ids=IDS)
+def test_seed_major_products_equal_the_per_head_ones(slot, runs):
     gen = torch.Generator().manual_seed(1)
     xs, W, r = torch.randn(2, 5, 7, generator=gen), torch.randn(6, 3, 7, generator=gen), torch.randn(6, 5, 3, generator=gen)
-    assert sgd.seed_major(slot, 2) == bool(slot.equal(SLOTS[0])) and (sgd.by_seed(slot, 2) is None) == bool(slot.equal(SLOTS[2]))
+    found = sgd.seed_runs(slot, 2)
+    assert (None if found is None else [(run.start, run.stop) for run in found]) == runs
     torch.testing.assert_close(sgd.logits_of(xs, W, slot), torch.einsum("gbd,gcd->gbc", xs[slot], W))
     torch.testing.assert_close(sgd.grad_of(r, xs, slot), torch.einsum("gbc,gbd->gcd", r, xs[slot]))

@@ -57,44 +57,45 @@ def seed_major(slot: torch.Tensor, seeds: int) -> bool:
     return G % seeds == 0 and torch.equal(slot, torch.arange(seeds, device=slot.device).repeat_interleave(G // seeds))
 
 
-def by_seed(slot: torch.Tensor, seeds: int) -> torch.Tensor | None:
-    """The heads in seed-major order (a stable sort of `slot`), or None when the seeds have unequal numbers
-    of heads; the identity is returned as a slice."""
-    if seed_major(slot, seeds):
-        return slice(None)
-    counts = torch.bincount(slot, minlength=seeds)
-    return None if bool((counts != counts[0]).any()) else torch.argsort(slot, stable=True)
+def seed_runs(slot: torch.Tensor, seeds: int) -> list[slice] | None:
+    """The heads as consecutive runs, each seed-major (as `train` orders a stack: by `within`, then by seed),
+    or None when they are not."""
+    breaks = ((slot[1:] < slot[:-1]).nonzero().flatten() + 1).tolist()
+    runs = [slice(a, b) for a, b in zip([0, *breaks], [*breaks, len(slot)])]
+    return runs if all(seed_major(slot[run], seeds) for run in runs) else None
 
 
 def logits_of(xs, W, slot) -> torch.Tensor:
-    """x W^T [G, B, C] of head g on its seed's batch xs[slot[g]] (xs [S, B, D]): one product per seed against
-    all its heads' weights, [B, D] x [D, G/S * C], with no [G, B, D] copy of the batches (about twice as fast
-    as the per-head products at the benchmark's shape); the heads are reordered by seed when they are not
-    (a copy of W, B / C times smaller), and per head when the seeds have unequal numbers of heads."""
+    """x W^T [G, B, C] of head g on its seed's batch xs[slot[g]] (xs [S, B, D]): for each run of seed-major
+    heads (`seed_runs`), one product per seed against all its heads' weights, [B, D] x [D, G/S * C], with no
+    [G, B, D] copy of the batches (about twice as fast as per-head products at the benchmark's shape);
+    per head when the heads are in no such order."""
     S, B, D = xs.shape
     G, C, _ = W.shape
-    order = by_seed(slot, S)
-    if order is None:
+    runs = seed_runs(slot, S)
+    if runs is None:
         return torch.einsum("gbd,gcd->gbc", xs[slot], W)
-    out = torch.bmm(xs, W[order].reshape(S, -1, D).transpose(1, 2))  # [S, B, G/S * C]
-    out = out.view(S, B, G // S, C).transpose(1, 2).reshape(G, B, C)
-    if isinstance(order, slice):
-        return out
-    return torch.empty_like(out).index_copy_(0, order, out)
+    out = W.new_empty(G, B, C)
+    for run in runs:
+        g = run.stop - run.start
+        part = torch.bmm(xs, W[run].reshape(S, -1, D).transpose(1, 2))  # [S, B, g/S * C]
+        out[run] = part.view(S, B, g // S, C).transpose(1, 2).reshape(g, B, C)
+    return out
 
 
 def grad_of(r, xs, slot) -> torch.Tensor:
     """sum_b r[g, b, c] xs[slot[g], b, d]: the weight gradient [G, C, D] of logit gradients r [G, B, C]."""
     S, B, D = xs.shape
     G, _, C = r.shape
-    order = by_seed(slot, S)
-    if order is None:
+    runs = seed_runs(slot, S)
+    if runs is None:
         return torch.einsum("gbc,gbd->gcd", r, xs[slot])
-    R = r[order].reshape(S, G // S, B, C).transpose(2, 3).reshape(S, G // S * C, B)
-    out = torch.bmm(R, xs).view(G, C, D)
-    if isinstance(order, slice):
-        return out
-    return torch.empty_like(out).index_copy_(0, order, out)
+    out = r.new_empty(G, C, D)
+    for run in runs:
+        g = run.stop - run.start
+        R = r[run].reshape(S, g // S, B, C).transpose(2, 3).reshape(S, g // S * C, B)
+        out[run] = torch.bmm(R, xs).view(g, C, D)
+    return out
 
 
 def plus_batches(t, xs, slot) -> torch.Tensor:
