@@ -83,26 +83,29 @@ def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
     xW = logits_of(xs, W, slot)
     r = logit_grad_at(xW, y1, hp)  # clean
     d = displacement(W, xW, y1, hp, hp["steps"], first=r)
-    out = torch.zeros_like(W)
+    extra = []  # (heads, their terms beyond the x terms)
     for mixed in (True, False):
         on = (hp["mix"] > 0) if mixed else (hp["mix"] <= 0)
         if not on.any():
             continue
         h = head_index(on)
         sub = {"lamda": hp["lamda"][h], "delta": hp["delta"][h]}
-        if mixed:
+        if mixed:  # d serves these heads only here: lerp(x, x_adv, t) = x + t d is made in its place
             mu, sigma = (v[slot[h]] for v in moments(xs))  # the clean x's, per seed
-            mu_t, sigma_t = moments(plus_batches(hp["mix"][h] * d[h], xs, slot[h]), scratch=True)  # lerp(x, x_adv, t)'s
+            mu_t, sigma_t = moments(plus_batches(d[h].mul_(hp["mix"][h]), xs, slot[h]), scratch=True)
             a = sigma_t / sigma
             b = mu_t - a * mu
             r_adv = logit_grad_at(a * xW[h] + b * W[h].sum(-1).unsqueeze(1), y1[h], sub)
             r[h] += a * r_adv
-            out[h] = (b * r_adv).sum(1).unsqueeze(-1)
+            extra.append((h, (b * r_adv).sum(1).unsqueeze(-1)))
         else:
             r_adv = logit_grad_at(xW[h] + torch.einsum("gbd,gcd->gbc", d[h], W[h]), y1[h], sub)
             r[h] += r_adv
-            out[h] = torch.einsum("gbc,gbd->gcd", r_adv, d[h])
-    return 0.5 * (out + grad_of(r, xs, slot))
+            extra.append((h, torch.einsum("gbc,gbd->gcd", r_adv, d[h])))
+    out = grad_of(r, xs, slot)
+    for h, term in extra:
+        out[h] += term
+    return out.mul_(0.5)
 
 
 def setup(X, y, *, num_classes, points, seeds) -> dict:
