@@ -52,22 +52,24 @@ class Codec:
     flow: zuko.flows.Flow
     order: torch.Tensor  # the flow's coordinates in ours: ours[i] is the flow's order[i]
     first: int  # the coordinates of the first half
+    kept_first: tuple[bool, ...]  # per layer, whether the half it keeps (conditions on) is the first
 
     @classmethod
     def ordered(cls, mean, basis, scale, flow) -> Codec:
         masks = [layer.mask for layer in flow.transform.transforms]
         if any(not (m.equal(masks[0]) or m.equal(~masks[0])) for m in masks):
             raise ValueError("the flow's coupling masks must alternate between two halves")
-        order = torch.cat([(~masks[0]).nonzero().squeeze(1), masks[0].nonzero().squeeze(1)]).to(basis.device)
-        return cls(mean, basis[:, order], scale[order], flow, order, int((~masks[0]).sum()))
+        order = torch.cat([(~masks[0]).nonzero().squeeze(1), masks[0].nonzero().squeeze(1)])
+        kept_first = tuple(not bool(m[order[0]]) for m in masks)  # the first half is masks[0]'s False set
+        order = order.to(basis.device)
+        return cls(mean, basis[:, order], scale[order], flow, order, int((~masks[0]).sum()), kept_first)
 
     def coords(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) @ self.basis
 
-    def couple(self, u: torch.Tensor, layer, inverse: bool) -> torch.Tensor:
+    def couple(self, u: torch.Tensor, layer, kept_first: bool, inverse: bool) -> torch.Tensor:
         """One coupling layer (or its inverse) on u [..., k]: the half its mask keeps conditions the other."""
         head, tail = u[..., :self.first], u[..., self.first:]
-        kept_first = not bool(layer.mask[self.order[0]])  # the first half is the mask's False set
         a, b = (tail, head) if kept_first else (head, tail)  # a: conditions, kept; b: transformed
         f = layer.meta(None, a)
         b = f.inv(b) if inverse else f(b)
@@ -75,13 +77,13 @@ class Codec:
 
     def encode(self, p: torch.Tensor) -> torch.Tensor:
         u = p / self.scale
-        for layer in self.flow.transform.transforms:
-            u = self.couple(u, layer, inverse=False)
+        for layer, kept_first in zip(self.flow.transform.transforms, self.kept_first):
+            u = self.couple(u, layer, kept_first, inverse=False)
         return u
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        for layer in reversed(self.flow.transform.transforms):
-            z = self.couple(z, layer, inverse=True)
+        for layer, kept_first in zip(reversed(self.flow.transform.transforms), reversed(self.kept_first)):
+            z = self.couple(z, layer, kept_first, inverse=True)
         return z * self.scale
 
 

@@ -60,17 +60,17 @@ def moments(x, scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, (torch.linalg.vector_norm(centred, dim=-1, keepdim=True) * x.shape[-1] ** -0.5).clamp_min(FLOOR)
 
 
-def affine(x, x_adv, t) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, b) [G, B, 1] with mix(x, x_adv, t) = a * x + b: the re-injected example is an affine map of x."""
-    mu, sigma = moments(x)
-    mu_t, sigma_t = moments(torch.lerp(x, x_adv, t))
+def affine(clean, mixed) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) [G, B, 1] with mix(x, x_adv, t) = a * x + b, from the `moments` of x and of lerp(x, x_adv, t):
+    the re-injected example is an affine map of x."""
+    (mu, sigma), (mu_t, sigma_t) = clean, mixed
     a = sigma_t / sigma
     return a, mu_t - a * mu
 
 
 def mix(x, x_adv, t) -> torch.Tensor:
     """sigma_t * (x - mu) / sigma + mu_t with the moments of x and of lerp(x, x_adv, t)."""
-    a, b = affine(x, x_adv, t)
+    a, b = affine(moments(x), moments(torch.lerp(x, x_adv, t)))
     return a * x + b
 
 
@@ -91,10 +91,8 @@ def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
         h = head_index(on)
         sub = {"lamda": hp["lamda"][h], "delta": hp["delta"][h]}
         if mixed:  # d serves these heads only here: lerp(x, x_adv, t) = x + t d is made in its place
-            mu, sigma = (v[slot[h]] for v in moments(xs))  # the clean x's, per seed
-            mu_t, sigma_t = moments(plus_batches(d[h].mul_(hp["mix"][h]), xs, slot[h]), scratch=True)
-            a = sigma_t / sigma
-            b = mu_t - a * mu
+            clean = [v[slot[h]] for v in moments(xs)]  # the clean x's, per seed
+            a, b = affine(clean, moments(plus_batches(d[h].mul_(hp["mix"][h]), xs, slot[h]), scratch=True))
             r_adv = logit_grad_at(a * xW[h] + b * W[h].sum(-1).unsqueeze(1), y1[h], sub)
             r[h] += a * r_adv
             extra.append((h, (b * r_adv).sum(1).unsqueeze(-1)))
