@@ -73,3 +73,13 @@ def test_training_lowers_the_loss_and_predicts(digits):
     assert losses[0] > losses[1] > losses[2] > losses[3] and losses[3] < 0.25 * losses[0], losses
     heads = sgd.fit(X, y, num_classes=10, points=[dict(p, epochs=30)], device="cpu")
     assert (heads.predict(X)[0] == y).double().mean() > 0.95
+
+
+def test_scratch_is_one_buffer_per_stack_grown_when_too_small():
+    hp, like = {}, torch.zeros(1)
+    a = sgd.scratch(hp, (2, 3, 4), like)
+    b = sgd.scratch(hp, (2, 2, 4), like)  # a smaller batch (the epoch's last) reuses it, contiguous
+    assert b.data_ptr() == a.data_ptr() and b.is_contiguous() and b.shape == (2, 2, 4)
+    c = sgd.scratch(hp, (3, 3, 4), like)
+    assert c.shape == (3, 3, 4) and hp["scratch"].numel() == 36
+    assert sgd.scratch(hp, (2, 3), like.double()).dtype == torch.float64

@@ -21,35 +21,37 @@ from __future__ import annotations
 import torch
 
 from bench.methods import Heads
-from bench.methods.sgd import grad_of, head_index, logit_grad_at, logits_of, plus_batches, train
+from bench.methods.sgd import grad_of, head_index, logit_grad_at, logits_of, plus_batches, scratch, train
 
 KEYS = ("gamma", "eps", "mix")
 STACK = ("steps",)  # heads with different step counts are trained in different stacks: none waits on another
 FLOOR = 1e-12  # on a standard deviation
 
 
-def displacement(W, xW, y1, hp, steps: int, first: torch.Tensor | None = None) -> torch.Tensor:
-    """x_adv - x [G, B, D] after `steps` sign-gradient ascent steps of the loss of each head (and the optional
-    clip, a clamp of the displacement), from the clean logits xW = x W^T; `first`: d loss / d logits at x
-    when the caller has it (the clean pass's), which saves the first product."""
-    unit = W.shape[-1] ** -0.5
-    step, radius, clip = hp["gamma"] * unit, hp["eps"] * unit, hp["eps"] > 0
+def displacement(W, xW, y1, hp, steps: int, first: torch.Tensor | None = None, out: torch.Tensor | None = None):
+    """(d, step): x_adv - x = step * d after `steps` sign-gradient ascent steps of the loss of each head (and
+    the optional clip, a clamp of the displacement), from the clean logits xW = x W^T. d [G, B, D] is in units
+    of each head's step [G, 1, 1] (a sum of signs: no pass over it to scale it); `first`: d loss / d logits
+    at x when the caller has it (the clean pass's), which saves the first product; `out`: where d is made."""
+    step = hp["gamma"] * W.shape[-1] ** -0.5
+    radius, clip = hp["eps"] / hp["gamma"], hp["eps"] > 0  # the clip's radius in steps
     d = None
     for k in range(steps):
         if k == 0:
             r = first if first is not None else logit_grad_at(xW, y1, hp)
         else:
-            r = logit_grad_at(xW + torch.einsum("gbd,gcd->gbc", d, W), y1, hp)
-        move = torch.einsum("gbc,gcd->gbd", r, W).sign_().mul_(step)  # d loss / d x, up to a positive factor
+            r = logit_grad_at(xW + step * torch.einsum("gbd,gcd->gbc", d, W), y1, hp)
+        move = torch.bmm(r, W, out=out if d is None else None).sign_()  # d loss / d x, up to a positive factor
         d = move if d is None else d.add_(move)
         if clip.any():
             d = torch.where(clip, torch.minimum(torch.maximum(d, -radius), radius), d)
-    return d
+    return d, step
 
 
 def ascend(W, x, y1, hp, steps: int) -> torch.Tensor:
     """x after `steps` sign-gradient ascent steps (`displacement`): the adversarial features themselves."""
-    return x + displacement(W, torch.einsum("gbd,gcd->gbc", x, W), y1, hp, steps)
+    d, step = displacement(W, torch.einsum("gbd,gcd->gbc", x, W), y1, hp, steps)
+    return x + step * d
 
 
 def moments(x, scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,35 +77,41 @@ def mix(x, x_adv, t) -> torch.Tensor:
 
 
 def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
-    """d/dW of 0.5 * (loss(clean) + loss(adversarial)), each a batch mean, from the displacement d = x_adv - x
-    alone: no head's copy of its batch is made (`plus_batches`). The clean pass's logit gradient is the first
-    ascent step's. A plain head's x_adv has the logits x W^T + d W^T and the gradient r_adv^T x + r_adv^T d;
-    a mixed head's example a x + b (`affine`) has the logits a (x W^T) + b (W 1)^T and the gradient
-    (a r_adv)^T x + (r_adv^T b) 1^T. Every x term joins the clean one: one product per seed (`grad_of`)."""
+    """d/dW of 0.5 * (loss(clean) + loss(adversarial)), each a batch mean, from the displacement x_adv - x =
+    step * d alone: no head's copy of its batch is made (`plus_batches`). The clean pass's logit gradient is
+    the first ascent step's. A plain head's x_adv has the logits x W^T + step d W^T and the gradient
+    r_adv^T x + step r_adv^T d; a mixed head's example a x + b (`affine`) has the logits a (x W^T) + b (W 1)^T
+    and the gradient (a r_adv)^T x + (r_adv^T b) 1^T. Every x term joins the clean one: one product per seed
+    (`grad_of`); the factor 0.5 is applied to the logit gradients, before the products."""
     xW = logits_of(xs, W, slot)
     r = logit_grad_at(xW, y1, hp)  # clean
-    d = displacement(W, xW, y1, hp, hp["steps"], first=r)
-    extra = []  # (heads, their terms beyond the x terms)
+    d, step = displacement(W, xW, y1, hp, hp["steps"], first=r, out=scratch(hp, (*xW.shape[:2], W.shape[-1]), W))
+    extra = []  # (heads, a function adding their terms beyond the x terms to their part of the gradient)
     for mixed in (True, False):
         on = (hp["mix"] > 0) if mixed else (hp["mix"] <= 0)
         if not on.any():
             continue
         h = head_index(on)
         sub = {"lamda": hp["lamda"][h], "delta": hp["delta"][h]}
-        if mixed:  # d serves these heads only here: lerp(x, x_adv, t) = x + t d is made in its place
+        if mixed:  # d serves these heads only here: lerp(x, x_adv, t) = x + t step d is made in its place
             clean = [v[slot[h]] for v in moments(xs)]  # the clean x's, per seed
-            a, b = affine(clean, moments(plus_batches(d[h].mul_(hp["mix"][h]), xs, slot[h]), scratch=True))
+            t = hp["mix"][h] * step[h]
+            a, b = affine(clean, moments(plus_batches(d[h].mul_(t), xs, slot[h]), scratch=True))
             r_adv = logit_grad_at(a * xW[h] + b * W[h].sum(-1).unsqueeze(1), y1[h], sub)
             r[h] += a * r_adv
-            extra.append((h, (b * r_adv).sum(1).unsqueeze(-1)))
+            term = (b * r_adv).sum(1).unsqueeze(-1).mul_(0.5)
+            extra.append((h, lambda part, term=term: part.add_(term)))
         else:
-            r_adv = logit_grad_at(xW[h] + torch.einsum("gbd,gcd->gbc", d[h], W[h]), y1[h], sub)
+            r_adv = logit_grad_at(xW[h] + step[h] * torch.einsum("gbd,gcd->gbc", d[h], W[h]), y1[h], sub)
             r[h] += r_adv
-            extra.append((h, torch.einsum("gbc,gbd->gcd", r_adv, d[h])))
-    out = grad_of(r, xs, slot)
-    for h, term in extra:
-        out[h] += term
-    return out.mul_(0.5)
+            rd = (r_adv * step[h]).transpose(1, 2)
+            extra.append((h, lambda part, rd=rd, dh=d[h]: part.baddbmm_(rd, dh, alpha=0.5)))
+    out = grad_of(r.mul_(0.5), xs, slot)
+    for h, add in extra:
+        part = add(out[h])
+        if not isinstance(h, slice):  # an index: out[h] was a copy
+            out[h] = part
+    return out
 
 
 def setup(X, y, *, num_classes, points, seeds) -> dict:
