@@ -18,6 +18,7 @@ name and renamed under a file lock; a damaged entry is fitted again.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -36,15 +37,18 @@ from bench import UserError, temps
 log = logging.getLogger(__name__)
 
 VERSION = 2  # bump when the fit below changes: it is part of every key
+# the log of zuko's MonotonicAffineTransform's minimum slope, as RealNVP builds it (its default)
+LOG_SLOPE = math.log(inspect.signature(zuko.transforms.MonotonicAffineTransform).parameters["slope"].default)
 
 
 @dataclass
 class Codec:
     """The PCA and the flow, in an order of the k coordinates that puts each coupling layer's two halves side
     by side: the flow's layers split the coordinates by alternating masks (zuko's RealNVP), so with the
-    coordinates one mask leaves unchanged first and the others after, every layer's split is two slices
-    and its merge one concatenation, where zuko's own transform gathers and scatters on every call (half
-    a decode's time). The math is zuko's: each layer's affine map and hyper-network are its `meta`."""
+    coordinates one mask leaves unchanged first and the others after, the two halves are two slices, kept
+    apart through all the layers and joined once, where zuko's own transform gathers and scatters in every
+    layer (half a decode's time). The math is zuko's: each layer's hyper-network is its own, its affine map
+    zuko's written out (`passes`)."""
 
     mean: torch.Tensor  # [D]
     basis: torch.Tensor  # V [D, k], orthonormal columns, in the order below
@@ -56,7 +60,10 @@ class Codec:
 
     @classmethod
     def ordered(cls, mean, basis, scale, flow) -> Codec:
-        masks = [layer.mask for layer in flow.transform.transforms]
+        layers = flow.transform.transforms
+        if any(layer.univariate is not zuko.transforms.MonotonicAffineTransform or layer.total != 2 for layer in layers):
+            raise ValueError("the flow's layers must be zuko's affine couplings (RealNVP's)")
+        masks = [layer.mask for layer in layers]
         if any(not (m.equal(masks[0]) or m.equal(~masks[0])) for m in masks):
             raise ValueError("the flow's coupling masks must alternate between two halves")
         order = torch.cat([(~masks[0]).nonzero().squeeze(1), masks[0].nonzero().squeeze(1)])
@@ -67,24 +74,26 @@ class Codec:
     def coords(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) @ self.basis
 
-    def couple(self, u: torch.Tensor, layer, kept_first: bool, inverse: bool) -> torch.Tensor:
-        """One coupling layer (or its inverse) on u [..., k]: the half its mask keeps conditions the other."""
+    def passes(self, u: torch.Tensor, inverse: bool) -> torch.Tensor:
+        """The coupling layers (or their inverses, in reverse) on u [..., k], the two halves kept apart until
+        the end: each layer's kept half feeds its hyper-network, whose outputs (shift, unconstrained scale)
+        map the other half by zuko's MonotonicAffineTransform, its operations written out (the same results
+        to the bit, without building two transform objects per layer and call; tested against zuko)."""
         head, tail = u[..., :self.first], u[..., self.first:]
-        a, b = (tail, head) if kept_first else (head, tail)  # a: conditions, kept; b: transformed
-        f = layer.meta(None, a)
-        b = f.inv(b) if inverse else f(b)
-        return torch.cat((b, a) if kept_first else (a, b), dim=-1)
+        layers = list(zip(self.flow.transform.transforms, self.kept_first))
+        for layer, kept_first in reversed(layers) if inverse else layers:
+            a, b = (tail, head) if kept_first else (head, tail)  # a: conditions, kept; b: transformed
+            shift, s = layer.hyper(a).unflatten(-1, (-1, 2)).unbind(-1)
+            log_scale = s / (1 + abs(s / LOG_SLOPE))
+            b = (b - shift) / log_scale.exp() if inverse else b * log_scale.exp() + shift
+            head, tail = (b, a) if kept_first else (a, b)
+        return torch.cat((head, tail), dim=-1)
 
     def encode(self, p: torch.Tensor) -> torch.Tensor:
-        u = p / self.scale
-        for layer, kept_first in zip(self.flow.transform.transforms, self.kept_first):
-            u = self.couple(u, layer, kept_first, inverse=False)
-        return u
+        return self.passes(p / self.scale, inverse=False)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        for layer, kept_first in zip(reversed(self.flow.transform.transforms), reversed(self.kept_first)):
-            z = self.couple(z, layer, kept_first, inverse=True)
-        return z * self.scale
+        return self.passes(z, inverse=True) * self.scale
 
 
 def key(X: torch.Tensor, settings: dict) -> str:
