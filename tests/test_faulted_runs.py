@@ -21,8 +21,11 @@ CELL = ["dataset=digits", "backbone=pixels", "method=linear", "method.grid.penal
         "extract.num_workers=0"]
 
 DRIVER = r"""
-import pathlib, sys, time
+import pathlib, signal, sys, time
 stage, marker = sys.argv[1], pathlib.Path(sys.argv[2])
+# Ctrl-C as at a terminal, also when the tests were started with SIGINT ignored (a background job of a
+# non-interactive shell is, and Python then installs no KeyboardInterrupt handler)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def hold():
     marker.touch()
