@@ -81,5 +81,6 @@ def test_scratch_is_one_buffer_per_stack_grown_when_too_small():
     b = sgd.scratch(hp, (2, 2, 4), like)  # a smaller batch (the epoch's last) reuses it, contiguous
     assert b.data_ptr() == a.data_ptr() and b.is_contiguous() and b.shape == (2, 2, 4)
     c = sgd.scratch(hp, (3, 3, 4), like)
-    assert c.shape == (3, 3, 4) and hp["scratch"].numel() == 36
+    assert c.shape == (3, 3, 4) and hp["scratch_d"].numel() == 36
     assert sgd.scratch(hp, (2, 3), like.double()).dtype == torch.float64
+    assert sgd.scratch(hp, (2, 3), like, "move").data_ptr() != sgd.scratch(hp, (2, 3), like).data_ptr()

@@ -34,17 +34,19 @@ def displacement(W, xW, y1, hp, steps: int, first: torch.Tensor | None = None, o
     of each head's step [G, 1, 1] (a sum of signs: no pass over it to scale it); `first`: d loss / d logits
     at x when the caller has it (the clean pass's), which saves the first product; `out`: where d is made."""
     step = hp["gamma"] * W.shape[-1] ** -0.5
-    radius, clip = hp["eps"] / hp["gamma"], hp["eps"] > 0  # the clip's radius in steps
+    clip = hp["eps"] > 0
+    bound = torch.where(clip, hp["eps"] / hp["gamma"], torch.inf)  # the clip's radius in steps (inf: none)
     d = None
     for k in range(steps):
         if k == 0:
             r = first if first is not None else logit_grad_at(xW, y1, hp)
         else:
             r = logit_grad_at(xW + step * torch.einsum("gbd,gcd->gbc", d, W), y1, hp)
-        move = torch.bmm(r, W, out=out if d is None else None).sign_()  # d loss / d x, up to a positive factor
+        # d loss / d x up to a positive factor; a later step's in a second buffer (`sgd.scratch`)
+        move = torch.bmm(r, W, out=out if d is None else scratch(hp, d.shape, d, "move")).sign_()
         d = move if d is None else d.add_(move)
         if clip.any():
-            d = torch.where(clip, torch.minimum(torch.maximum(d, -radius), radius), d)
+            d.clamp_(-bound, bound)
     return d, step
 
 

@@ -109,15 +109,16 @@ def plus_batches(t, xs, slot) -> torch.Tensor:
     return t
 
 
-def scratch(hp: dict, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor of `shape`, from one buffer kept in `hp` for the rest of the stack: with glibc,
-    a fresh CPU allocation above its mmap threshold (32 MB at most) is page-faulted in on every step, which
-    costs more than the product that fills it (a [24, 256, 2048] float32 r W: 1.4-2.1 ms per head fresh,
-    0.4 ms into a kept buffer, on the 2-core dev machine). One caller per stack: the buffer is shared."""
-    n = math.prod(shape)
-    buf = hp.get("scratch")
+def scratch(hp: dict, shape: tuple[int, ...], like: torch.Tensor, name: str = "d") -> torch.Tensor:
+    """An uninitialised tensor of `shape`, from the buffer `name` kept in `hp` for the rest of the stack: with
+    glibc, a fresh CPU allocation above its mmap threshold (32 MB at most) is page-faulted in on every step,
+    which costs more than the product that fills it (a [24, 256, 2048] float32 r W: 1.4-2.1 ms per head
+    fresh, 0.4 ms into a kept buffer, on the 2-core dev machine). What a step makes in it is gone by the
+    next call with the same name."""
+    n, key = math.prod(shape), f"scratch_{name}"
+    buf = hp.get(key)
     if buf is None or buf.numel() < n or buf.dtype != like.dtype:
-        buf = hp["scratch"] = torch.empty(n, dtype=like.dtype, device=like.device)
+        buf = hp[key] = torch.empty(n, dtype=like.dtype, device=like.device)
     return buf[:n].view(shape)
 
 
