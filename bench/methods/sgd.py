@@ -54,16 +54,21 @@ def logit_grad_at(xW, y1, hp) -> torch.Tensor:
 
 def seed_major(slot: torch.Tensor, seeds: int) -> bool:
     """Whether the heads come seed by seed, as many per seed (`train` orders a grid's heads so)."""
-    G = len(slot)
-    return G % seeds == 0 and torch.equal(slot, torch.arange(seeds, device=slot.device).repeat_interleave(G // seeds))
+    return is_seed_major(slot.tolist(), seeds)
+
+
+def is_seed_major(slots: list[int], seeds: int) -> bool:
+    G = len(slots)
+    return G % seeds == 0 and slots == [s for s in range(seeds) for _ in range(G // seeds)]
 
 
 def seed_runs(slot: torch.Tensor, seeds: int) -> list[slice] | None:
     """The heads as consecutive runs, each seed-major (as `train` orders a stack: by `within`, then by seed),
-    or None when they are not."""
-    breaks = ((slot[1:] < slot[:-1]).nonzero().flatten() + 1).tolist()
-    runs = [slice(a, b) for a, b in zip([0, *breaks], [*breaks, len(slot)])]
-    return runs if all(seed_major(slot[run], seeds) for run in runs) else None
+    or None when they are not. Read on the host, in one transfer: a few dozen integers."""
+    slots = slot.tolist()
+    breaks = [i for i in range(1, len(slots)) if slots[i] < slots[i - 1]]
+    runs = [slice(a, b) for a, b in zip([0, *breaks], [*breaks, len(slots)])]
+    return runs if all(is_seed_major(slots[run], seeds) for run in runs) else None
 
 
 def logits_of(xs, W, slot) -> torch.Tensor:
