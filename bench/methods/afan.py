@@ -34,8 +34,9 @@ def displacement(W, xW, y1, hp, steps: int, first: torch.Tensor | None = None, o
     of each head's step [G, 1, 1] (a sum of signs: no pass over it to scale it); `first`: d loss / d logits
     at x when the caller has it (the clean pass's), which saves the first product; `out`: where d is made."""
     step = hp["gamma"] * W.shape[-1] ** -0.5
-    clip = hp["eps"] > 0
-    bound = torch.where(clip, hp["eps"] / hp["gamma"], torch.inf)  # the clip's radius in steps (inf: none)
+    clipped = hp["eps"] > 0
+    bound = torch.where(clipped, hp["eps"] / hp["gamma"], torch.inf)  # the clip's radius in steps (inf: none)
+    clip = bool(clipped.any())  # read once, not on every ascent step (a host sync on a GPU)
     d = None
     for k in range(steps):
         if k == 0:
@@ -45,7 +46,7 @@ def displacement(W, xW, y1, hp, steps: int, first: torch.Tensor | None = None, o
         # d loss / d x up to a positive factor; a later step's in a second buffer (`sgd.scratch`)
         move = torch.bmm(r, W, out=out if d is None else scratch(hp, d.shape, d, "move")).sign_()
         d = move if d is None else d.add_(move)
-        if clip.any():
+        if clip:
             d.clamp_(-bound, bound)
     return d, step
 
