@@ -26,19 +26,28 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from bench import UserError, temps
-from bench.checks import closest
+from bench.config import (
+    CONF,
+    check_choices,
+    check_overrides,
+    closest,
+    method_section,
+    read_yaml,
+    register_resolvers,
+    validate,
+)
 
 # subcommand -> "module:function"; each function takes the remaining argv
 COMMANDS = {
     "run": "bench.cli:run_main",
-    "table": "bench.table:main",
+    "table": "bench.report.table:main",
     "list": "bench.cli:list_main",
     "methods": "bench.cli:methods_main",
     "datasets": "bench.cli:datasets_main",
     "data": "bench.data.doctor:data_main",
     "doctor": "bench.data.doctor:doctor_main",
     "backbones": "bench.backbones.zoo:main",
-    "status": "bench.status:status_main",
+    "status": "bench.sweep.status:status_main",
 }
 
 
@@ -96,104 +105,9 @@ def dispatch(argv: list[str]) -> int:
     return getattr(importlib.import_module(module), function)(rest) or 0
 
 
-def logspace(start, stop, num) -> list[float]:
-    """`${logspace:-6,5,45}` in a config: `num` values from 10**start to 10**stop, log-spaced."""
-    return [10.0 ** (start + (stop - start) * i / (int(num) - 1)) for i in range(int(num))]
-
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("backbone", "dataset", "method", "protocol", "experiment")
-MODES = {"-m": "-m", "--multirun": "-m", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info", "--info": "--info"}
-
-
-def check_choices(argv: list[str]) -> None:
-    """One sentence for an unknown group choice (`dataset=nope`, or one of a sweep's `a,b`), before Hydra."""
-    for arg in argv:
-        group, _, value = arg.lstrip("+").partition("=")
-        if group in GROUPS and value and "(" not in value:  # leave Hydra's sweep functions to Hydra
-            known = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-            for choice in value.split(","):
-                if choice not in known and choice != "null":
-                    raise UserError(f"unknown {group} {choice!r}; {closest(choice, known)}known: {', '.join(known)}")
-
-
-def read_yaml(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def method_section(choice: str, section: str = "params") -> dict:
-    """`params` (or `grid`) of conf/method/<choice>.yaml over those of the files it extends (values unresolved)."""
-    conf, out = read_yaml(CONF / "method" / f"{choice}.yaml"), {}
-    for base in conf.get("defaults", []):
-        if isinstance(base, str) and base != "_self_":
-            out |= method_section(base, section)
-    return out | (conf.get(section) or {})
-
-
-def overrides(argv: list[str]) -> list[tuple[str, list[str], str]]:
-    """(prefix, key path, value) of each `key=value` override; prefix is '+', '++', '~' or ''."""
-    out = []
-    for arg in argv:
-        if match := re.fullmatch(r"(\+\+|\+|~)?([\w./@-]+)=(.*)", arg, re.DOTALL):
-            out.append((match[1] or "", re.split(r"[./@]", match[2].replace("/", ".")), match[3]))
-    return out
-
-
-def check_method_key(prefix: str, path: list[str], methods: list[str]) -> None:
-    """`method.params.X` and `method.grid.X`: X must be a hyperparameter of the chosen method(s); a grid key
-    that the method's YAML does not sweep is added with `+`."""
-    known = [m for m in methods if (CONF / "method" / f"{m}.yaml").is_file()]
-    params = {k for m in known for k in method_section(m)}
-    key, name = path[2], ".".join(path)
-    if params and key not in params:
-        raise UserError(f"{'.'.join(path[:3])} is not a hyperparameter of method {', '.join(known)}; "
-                        f"{closest(key, params)}known: {', '.join(sorted(params))}")
-    if path[1] == "grid" and not prefix and any(key not in method_section(m, "grid") for m in known):
-        raise UserError(f"method {', '.join(known)} does not sweep {key} by default: add it to the grid with "
-                        f"+{name}=[...]")
-
-
-def check_overrides(argv: list[str]) -> None:
-    """Refuse, in one sentence and before any work, what Hydra would refuse in a paragraph or let pass unread:
-    a key seabench does not know (`seed=1`, `+seed=1`, `methd=sea`, `method.params.etta=1`), an added key
-    nothing reads (`+dataset.foo=1`), and Hydra modes that cannot be combined (`-m --cfg job`)."""
-    if len(modes := {MODES[a] for a in argv if a in MODES}) > 1:
-        raise UserError(f"{' and '.join(sorted(modes))} cannot be combined (-m runs a sweep, --cfg prints the "
-                        f"config, --info describes it): use one")
-    config = read_yaml(CONF / "config.yaml")
-    launchers = {k for p in (CONF / "hydra" / "launcher").glob("*.yaml") for k in read_yaml(p)}  # e.g. `jobs`
-    known = sorted((set(config) | launchers) - {"defaults", "hydra"} | set(GROUPS))
-    chosen = [a.partition("=")[2].split(",") for a in argv if re.match(r"\+?method=", a)]
-    defaults = [d["method"] for d in config["defaults"] if isinstance(d, dict) and "method" in d]
-    methods = chosen[-1] if chosen else ([] if any(a.startswith("experiment=") for a in argv) else defaults)
-    for prefix, path, _ in overrides(argv):
-        name = ".".join(path)
-        if path[0] == "hydra":
-            continue
-        if path[0] not in known:
-            raise UserError(f"unknown setting {path[0]!r}; {closest(path[0], known)}known: {', '.join(known)}")
-        if isinstance(config.get(path[0]), dict) and len(path) > 1 and path[1] not in config[path[0]]:
-            keys = [f"{path[0]}.{k}" for k in config[path[0]]]
-            raise UserError(f"unknown setting {name!r}; {closest(name, keys)}known: {', '.join(keys)}")
-        if path[0] == "method" and len(path) > 2 and methods:
-            check_method_key(prefix, path, methods)
-        if prefix in ("+", "++") and len(path) > 1 and path[:2] != ["method", "grid"]:
-            raise UserError(f"{prefix}{name} adds a setting seabench does not read (only method.grid takes new "
-                            f"keys); to change an existing one, drop the {prefix!r}")
-
-
-def register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("logspace"):
-        OmegaConf.register_new_resolver("logspace", logspace)
-
-
 def start_sweep(argv: list[str]):
     """Before a sweep launches: its cells, counted and printed; the local launcher's jobs share the cores."""
-    from bench import allocation, status
+    from bench.sweep import allocation, status
 
     sweep = status.expand([a for a in argv if a not in ("-m", "--multirun")])
     done = sum(state == "done" for state, _ in status.states(sweep))
@@ -207,7 +121,7 @@ def run_main(argv: list[str]) -> int:
     """Hand the overrides to Hydra: `seabench run [-m] key=value ...`."""
     import hydra
 
-    from bench import status
+    from bench.sweep import status
 
     check_overrides(argv)
     check_choices(argv)
@@ -240,13 +154,13 @@ def run_job(cfg) -> None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from bench import cells, checks
+    from bench.sweep import cells
 
     config = OmegaConf.to_container(cfg, resolve=True)
     hydra = HydraConfig.get()
     sweep = hydra.mode == RunMode.MULTIRUN
     try:
-        checks.validate(config, method_section(hydra.runtime.choices["method"]))  # before any work
+        validate(config, method_section(hydra.runtime.choices["method"]))  # before any work
         with cells.running(config) if sweep else nullcontext():
             run_cell(cfg, config, list(hydra.overrides.task))
         if sweep:
@@ -268,8 +182,9 @@ def run_cell(cfg, config: dict, overrides: list[str]) -> None:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from bench import allocation, job  # torch, timm ...: seconds of imports, after the checks
+    from bench import job  # torch, timm ...: seconds of imports, after the checks
     from bench.data.augself import loader_options
+    from bench.sweep import allocation
 
     torch.set_num_threads(allocation.threads(config["threads"]))
     try:

@@ -12,7 +12,6 @@ extracted again.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -23,7 +22,7 @@ import torch
 from filelock import SoftFileLease, Timeout
 from tqdm import tqdm
 
-from bench import UserError, temps
+from bench import UserError, digest, temps
 from bench.backbones import Backbone
 from bench.data import ImageList
 
@@ -42,7 +41,7 @@ def key(backbone: Backbone, dataset: str, split: ImageList, *, amp: bool) -> str
     facts = {"version": VERSION, "weights": backbone.weights_sha256, "model": type(backbone.model).__name__,
              "preprocess": backbone.preprocess, "dataset": dataset, "split": split.fingerprint(),
              "source": split.source, "amp": amp}
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+    return digest(facts)
 
 
 def extract(model: torch.nn.Module, images: ImageList, *, batch_size: int, num_workers: int,

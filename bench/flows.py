@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import logging
 import math
 import pickle
@@ -32,7 +31,7 @@ import zuko
 from filelock import FileLock
 from tqdm import tqdm
 
-from bench import UserError, temps
+from bench import UserError, digest, temps
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def key(X: torch.Tensor, settings: dict) -> str:
     facts = {"version": VERSION, "zuko": zuko.__version__, "torch": torch.__version__, "settings": settings,
              "dtype": str(X.dtype), "shape": list(X.shape),
              "features": hashlib.sha256(X.detach().cpu().contiguous().numpy().tobytes()).hexdigest()}
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+    return digest(facts)
 
 
 def principal(X: torch.Tensor, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from bench import UserError, backbones, cells, checks, features, protocol, results, temps
+from bench import UserError, backbones, features, protocol, results, temps
+from bench.config import validate
 from bench.data import FeatureSet, Task, augself
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,11 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
     precision, so a changed checkpoint behind the same path, or the same cell on a GPU, is a new run, not
     a skipped one. `backbone_overrides` (what the command line changed in the backbone's config, e.g.
     `preprocess.resize=28`) go into the record, so the table can tell such rows apart."""
-    checks.validate(config)
+    validate(config)
     images = config["method"].get("inputs") == "images"  # fine-tuning: trains on images, extracts nothing
     if images:
         check_images_method(config, dataset)
-    device, timings, weights, cell = pick_device(config["device"]), {}, {}, cells.key(config)
+    device, timings, weights, cell = pick_device(config["device"]), {}, {}, results.cell_key(config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if isinstance(dataset, FeatureSet):  # ready-made features: no backbone takes part

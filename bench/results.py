@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import platform
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import temps
+from bench import digest, temps
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +27,13 @@ PACKAGES = ("seabench", "torch", "torchvision", "timm", "numpy", "scikit-learn",
 def signature(config: dict, splits: dict[str, str], precision: dict) -> str:
     """sha256 of the signed config, the split fingerprints (a changed split is a new run) and the device's
     precision (a GPU record and a CPU record of one cell are two runs)."""
-    signed = {k: config[k] for k in SIGNED} | {"splits": splits, "precision": precision}
-    return hashlib.sha256(json.dumps(signed, sort_keys=True, default=str).encode()).hexdigest()
+    return digest({k: config[k] for k in SIGNED} | {"splits": splits, "precision": precision})
+
+
+def cell_key(config: dict) -> str:
+    """sha256 of the signed config alone (`SIGNED`): a sweep's cell, known before any work (bench.sweep.cells),
+    unlike `signature`, which also needs the data and the device."""
+    return digest({k: config[k] for k in SIGNED})
 
 
 def path_for(results_dir: Path, *, dataset: str, backbone: str, method: str, protocol: str, sig: str) -> Path:

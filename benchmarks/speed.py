@@ -27,10 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from bench import backbones, features
-from bench.cli import logspace
+from bench import backbones, config, features
 from bench.data import ImageList, read_rgb
 from bench.methods import afan, flow, isda, linear, noise, sea, sgd
 from bench.protocol import grid_points
@@ -41,13 +39,8 @@ log = logging.getLogger("speed")
 
 def method_config(name: str) -> tuple[dict, dict]:
     """(params, grid) of conf/method/<name>.yaml, with its `defaults` (a base method) applied."""
-    if not OmegaConf.has_resolver("logspace"):
-        OmegaConf.register_new_resolver("logspace", logspace)
-    cfg = OmegaConf.load(ROOT / "conf" / "method" / f"{name}.yaml")
-    for base in [d for d in cfg.get("defaults", []) if d != "_self_"]:
-        cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "method" / f"{base}.yaml"), cfg)
-    cfg = OmegaConf.to_container(cfg, resolve=True)
-    return cfg["params"], cfg["grid"]
+    method = config.compose([f"method={name}"])["method"]
+    return method["params"], method["grid"]
 
 
 def synthetic_features(n: int, *, dim: int, num_classes: int, noise: float, seed: int = 0):
@@ -279,9 +272,9 @@ def write_jpegs(folder: Path, count: int, size: int) -> ImageList:
 
 
 def bench_extraction(args) -> None:
-    config = OmegaConf.load(ROOT / "conf" / "config.yaml")["extract"]
-    batch_size = args.batch_size or config["batch_size"]
-    workers = config["num_workers"] if args.workers is None else args.workers
+    extract = config.read_yaml(config.CONF / "config.yaml")["extract"]
+    batch_size = args.batch_size or extract["batch_size"]
+    workers = extract["num_workers"] if args.workers is None else args.workers
     preprocess = {"resize": args.input_size, "crop": args.input_size, "interpolation": "bicubic",
                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     with tempfile.TemporaryDirectory() as tmp:

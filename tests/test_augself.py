@@ -14,9 +14,10 @@ import pytest
 import torch
 from fake_datasets import FAKES
 
-from bench import UserError, protocol, reference, table
+from bench import UserError, protocol
 from bench.data import augself
 from bench.methods import augself_linear
+from bench.report import reference, table
 
 SEEDS = {"food101": 42, "cifar10": 43, "cifar100": 44, "pets": 49, "mit67": 51}  # AugSelf's datasets.py
 

@@ -13,7 +13,7 @@ import signal
 import pytest
 import torch
 
-from bench import cli
+from bench import cli, config
 
 BASE = ["dataset=digits", "backbone=pixels", "method=linear", "method.grid.penalty=[1.0]"]
 SEA = ["dataset=digits", "backbone=pixels", "method=sea"]
@@ -259,4 +259,4 @@ def test_a_disk_fault_outside_the_atomic_writes_is_one_sentence(seabench, tmp_pa
     ["-m", "method=sgd,sea", "method.params.lr=0.1", "+method.grid.epochs=[5,10]", "~method.grid.center"],
 ])
 def test_the_typo_checks_let_real_settings_through(args):
-    cli.check_overrides(args)
+    config.check_overrides(args)

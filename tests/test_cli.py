@@ -201,7 +201,7 @@ def test_pixels_on_a_folder_of_28x28_images(tmp_path):
     assert record["dataset"] == "mnistlike" and record["preprocess"]["crop"] == 28
     assert record["backbone_overrides"] == [] and "train/README.txt" in record["warnings"][0]
     seabench("run", *args, "backbone.preprocess.resize=8", "backbone.preprocess.crop=8", tmp=tmp_path)
-    from bench import table
+    from bench.report import table
 
     text = table.build(tmp_path / "results", tmp_path / "results")
     assert "| pixels " in text and "| pixels [preprocess.crop=8, preprocess.resize=8] " in text

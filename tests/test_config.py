@@ -3,26 +3,17 @@
 import importlib
 import inspect
 import itertools
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from bench import cli
+from bench import config
 
-CONF = Path(cli.__file__).resolve().parents[1] / "conf"
-
-
-def names(group):
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+CONF, names = config.CONF, config.choices
 
 
 def composed(*overrides):
-    if not OmegaConf.has_resolver("logspace"):
-        OmegaConf.register_new_resolver("logspace", cli.logspace)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+    return config.compose(list(overrides))
 
 
 def test_defaults_are_the_real_setting():

@@ -8,22 +8,18 @@ import logging
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from PIL import Image
 
-from bench import cli, job, results, table
+from bench import cli, job, results
+from bench import config as settings
 from bench.data import FeatureSet, ImageList
+from bench.report import table
 
 
 def config(tmp_path, *overrides) -> dict:
     """conf/config.yaml composed with `overrides`, as plain values (what cli.py hands to job.run)."""
-    if not OmegaConf.has_resolver("logspace"):
-        OmegaConf.register_new_resolver("logspace", cli.logspace)
-    with initialize_config_dir(config_dir=str(cli.CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"results_dir={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}",
-                                           "device=cpu", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return settings.compose([f"results_dir={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}", "device=cpu",
+                             *overrides])
 
 
 def features() -> FeatureSet:

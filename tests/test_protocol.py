@@ -142,8 +142,8 @@ def test_linear_fits_are_recorded_and_a_max_iter_hit_is_flagged_in_the_record_an
     import pandas as pd
     from sklearn.datasets import load_digits
 
-    from bench import table
     from bench.methods import linear
+    from bench.report import table
 
     X, y = torch.tensor(load_digits().data[:300]), torch.tensor(load_digits().target[:300])
     d = {"train": (X[:150], y[:150]), "val": (X[150:200], y[150:200]), "test": (X[200:], y[200:])}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import allocation
+from bench.sweep import allocation
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEAP = ["backbone.preprocess.resize=16", "backbone.preprocess.crop=16", "method=linear", "method.grid.penalty=[1.0]"]
@@ -102,7 +102,7 @@ def test_a_failing_cell_fails_the_sweep_under_submitits_own_local_launcher(tmp_p
 
 
 def test_status_of_a_half_finished_sweep(tmp_path):
-    from bench import cells, status
+    from bench.sweep import cells, status
 
     cheap = [f"results_dir={tmp_path / 'results'}", *CHEAP]
     sweep = ["dataset=digits,dtd", "backbone=pixels", "seeds=1,2", *cheap]
@@ -259,7 +259,7 @@ def test_a_lock_left_on_another_host_is_taken_over_after_the_stale_timeout(tmp_p
 def test_transfer11_is_every_dataset_of_the_table_by_the_zoo_by_the_feature_methods():
     import yaml
 
-    from bench import status
+    from bench.sweep import status
 
     sweep = status.expand(["experiment=transfer11"])
     zoo = {p.stem for p in (ROOT / "conf" / "backbone").glob("*.yaml")
@@ -273,7 +273,7 @@ def test_transfer11_is_every_dataset_of_the_table_by_the_zoo_by_the_feature_meth
 
 
 def test_the_launchers_compose_and_their_resources_can_be_set():
-    from bench import status
+    from bench.sweep import status
 
     slurm = status.expand(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "dataset=digits,dtd"])
     assert slurm.launcher.endswith("SlurmLauncher") and slurm.batch is None and len(slurm.configs) == 2

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import results, table
+from bench import results
+from bench.report import table
 
 CPU = {"device": "cpu", "extract": "float32"}
 SPLITS = {"train": "t" * 64, "val": "v" * 64, "test": "s" * 64}
@@ -62,7 +63,7 @@ def test_the_newest_record_of_a_cell_is_shown_and_the_others_named(tmp_path, cap
     record(tmp_path, scores=(85.0,), created="2026-11-03T10:00")
     record(tmp_path, scores=(70.0,), created="2026-11-02T10:00")
     record(tmp_path, method="sea", scores=(88.0,), created="2026-11-02T10:00")
-    with caplog.at_level(logging.WARNING, logger="bench.table"):
+    with caplog.at_level(logging.WARNING, logger="bench.report.table"):
         _, rows = build(tmp_path)
     assert rows[("pixels", "linear")]["digits"] == "85.00"
     assert rows[("pixels", "sea")]["digits"] == "**88.00** (+3.00)"

@@ -14,8 +14,9 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from bench import UserError, compare, results, stats, table
+from bench import UserError, results
 from bench.metrics import mean_per_class, top1
+from bench.report import compare, stats, table
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = {"source": "augself_neurips2021_linear", "arch": "resnet50", "pretrain_data": "imagenet100",

@@ -8,6 +8,10 @@ Where the weights come from is `source` in the backbone's config (conf/backbone/
 - `timm`: one of timm's pretrained tags (`arch: vit_small_patch16_224.dino`), with its own mean/std;
 - `random`: timm's initialisation under `init_seed` (a baseline; labelled random-init wherever shown);
 - `none`: no network at all, the features are the flattened preprocessed image (`arch: pixels`).
+
+A backbone is a network and its preprocessing: this package may import bench.fetch, bench.temps,
+bench.config (`seabench backbones` reads conf/backbone/) and itself, never the data, features, methods,
+protocol, records, sweep, report or CLI.
 """
 
 from __future__ import annotations

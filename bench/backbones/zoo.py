@@ -17,13 +17,12 @@ import timm
 import torch
 from omegaconf import OmegaConf
 
-import bench
-from bench import UserError, backbones, fetch
+from bench import UserError, backbones, config, fetch
 from bench.backbones import haiku, layouts
 
 log = logging.getLogger(__name__)
 
-CONF = Path(bench.__file__).parents[1] / "conf" / "backbone"
+CONF = config.CONF / "backbone"
 DEFAULT_CACHE = "~/.cache/seabench"  # conf/config.yaml: cache_dir: ${oc.env:SEABENCH_CACHE,~/.cache/seabench}
 
 

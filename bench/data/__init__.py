@@ -4,6 +4,10 @@ Each dataset family is one small module with a `load(root=..., **options)` funct
 config (`conf/dataset/<name>.yaml`, key `load._target_`). Image datasets return a `Task`: the class
 names and the canonical `train` / `val` / `test` splits as `ImageList`s. Datasets of ready-made
 features (`dataset=features`) return a `FeatureSet` instead, and skip the backbone.
+
+A loader reads files and returns lists of images and labels: this package may import bench.fetch (its
+downloads), bench.config (`seabench doctor` reads conf/dataset/) and itself, never the backbones, features,
+methods, protocol, records, sweep, report or CLI.
 """
 
 from __future__ import annotations

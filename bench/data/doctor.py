@@ -16,11 +16,11 @@ from types import ModuleType
 
 import yaml
 
-from bench import UserError
+from bench import UserError, config
 
 log = logging.getLogger(__name__)
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+CONF = config.CONF / "dataset"
 
 
 @dataclass

@@ -7,12 +7,14 @@ Every training run (one grid point and seed, on one split) lives in its own fold
 folder, named by the hash of its complete hyperparameters: its checkpoint while it trains, then its
 predictions on the scored split. A job started again with the same command skips the finished runs and
 resumes the unfinished one from its last checkpoint.
+
+Fine-tuning trains a backbone on a split's images: this package may import bench.backbones, bench.data,
+bench.temps (its checkpoints) and itself, never the features, the feature methods, protocol, records,
+config, sweep, report or CLI (bench.job hands it everything it needs).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -22,7 +24,7 @@ import torch
 from filelock import FileLock
 from torch.utils.data import ConcatDataset
 
-from bench import UserError
+from bench import UserError, digest
 from bench.backbones import Backbone
 from bench.data import ImageList
 from bench.finetune import checkpoint, isda, loop
@@ -31,10 +33,6 @@ from bench.finetune.net import Net, predict
 log = logging.getLogger(__name__)
 
 GRID_KEYS = ("lr", "lr_weight_decay", "seed")  # what a training run of the record is named by
-
-
-def digest(point: dict) -> str:
-    return hashlib.sha256(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def check(params: dict, grid: dict, settings: dict) -> None:

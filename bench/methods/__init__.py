@@ -2,6 +2,10 @@
 `points` is a list of complete hyperparameter dicts (one per head, with its `seed`), all fitted at once.
 A method may also take `init`: Heads (one per point) to start from; the protocol passes it to the
 refit on train+val (the heads validated at the chosen point) only to methods whose `fit` has it.
+
+Methods see only tensors: a method module is the math of that method. This package may import
+bench.progress (a long fit says how far it is), bench.flows (the flow `method=flow` perturbs through) and
+itself, never the data, backbones, features, protocol, records, config, sweep, report or CLI.
 """
 
 from __future__ import annotations

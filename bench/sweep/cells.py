@@ -8,7 +8,6 @@ still says so where `seabench status` looks: `runs/<dataset>/<backbone>/<method>
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,16 +25,10 @@ HEARTBEAT_S = 30.0  # a running cell touches its marker this often
 STALE_S = 120.0  # a marker from another host untouched this long is a job that died (kill -9, node lost)
 
 
-def key(config: dict) -> str:
-    """sha256 of the config parts that decide a run's numbers (results.SIGNED), nothing run-time."""
-    signed = {k: config[k] for k in results.SIGNED}
-    return hashlib.sha256(json.dumps(signed, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def stem(config: dict) -> Path:
     """Where a cell's markers live: next to its record, named by the cell's key."""
     return (Path(config["results_dir"]) / "runs" / config["dataset"]["name"] / config["backbone"]["name"]
-            / f"{config['method']['name']}-{config['protocol']['name']}-cell-{key(config)[:12]}")
+            / f"{config['method']['name']}-{config['protocol']['name']}-cell-{results.cell_key(config)[:12]}")
 
 
 def whoami() -> dict:
@@ -102,7 +95,7 @@ def read(path: Path) -> dict | None:
 
 def state(config: dict, done: dict[str, str]) -> tuple[str, str]:
     """(done | running | failed | missing, detail) of one cell; `done` maps cell keys to record paths."""
-    if (record := done.get(key(config))) is not None:
+    if (record := done.get(results.cell_key(config))) is not None:
         return "done", record
     base = stem(config)
     marker_path = base.with_suffix(".running")
@@ -128,7 +121,7 @@ def records(results_dir: Path) -> dict[str, str]:
     out = {}
     for record in results.load_all(Path(results_dir)):
         try:
-            out[record.get("cell") or key(record["config"])] = record["path"]
+            out[record.get("cell") or results.cell_key(record["config"])] = record["path"]
         except (KeyError, TypeError):  # not a record of a run (no config): nothing of a cell
             log.warning("%s is not a run record; status ignores it", record["path"])
     return out

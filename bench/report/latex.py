@@ -36,7 +36,7 @@ def ours_cell(row, best: bool) -> str:
 
 def render(df: pd.DataFrame, published: pd.DataFrame, datasets: list[str], row_keys: list[str],
            costs: dict[tuple, str] | None = None) -> str:
-    """`costs`: the cost cell of each row of the runs (bench.notes.costs), a last column when given."""
+    """`costs`: the cost cell of each row of the runs (bench.report.notes.costs), a last column when given."""
     costs = costs or {}
     extra = ["Cost (s)"] if costs else []
     best = df.groupby("dataset")["mean"].transform("max") == df["mean"]

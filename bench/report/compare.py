@@ -1,6 +1,6 @@
 """The table's statistics and cost, per shown record; records are paired by identity, never by display name.
 
-A record is compared with its exact partner (bench.table.partner): the probe (`linear`, else AugSelf's
+A record is compared with its exact partner (bench.report.table.partner): the probe (`linear`, else AugSelf's
 `augself_linear`) of the same backbone identity, protocol and dataset whose record agrees on the weights,
 preprocessing, split fingerprints (so the same test examples, in the same order), protocol version and
 precision.
@@ -17,7 +17,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from bench import results, stats
+from bench import results
+from bench.report import stats
 
 BASELINES = ("linear", "augself_linear")  # the probe every method is compared with, in order of preference
 

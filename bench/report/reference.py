@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from bench import UserError
-from bench.compare import BASELINES
+from bench.report.compare import BASELINES
 
 log = logging.getLogger(__name__)
 

@@ -3,24 +3,24 @@
 A cell is the mean of the dataset's metric over seeds (test split) ± half of its 95% interval, with the
 difference to the linear probe of the same weights, data, protocol version and precision (its exact
 partner; where there is none, no difference, and a note under the table says why) in parentheses, starred
-where the paired test says it is real (bench.compare, bench.stats); the best mean of each column is in
+where the paired test says it is real (bench.report.compare, bench.report.stats); the best mean of each column is in
 bold. Rows are backbone identities (weights' hash, preprocessing, overrides), never display names. When a
 cell has several records (e.g. a narrowed grid, then the full one), the newest is used and the CSV names
-the record each number comes from. Published rows (bench.reference), a cost column, LaTeX (bench.latex)
-and figures (bench.plots) come with it.
+the record each number comes from. Published rows (bench.report.reference), a cost column, LaTeX (bench.report.latex)
+and figures (bench.report.plots) come with it.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from bench import UserError, compare, latex, notes, plots, reference, results, temps
+from bench import UserError, digest, results, temps
+from bench.report import compare, latex, notes, plots, reference
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ PAIR = ["weights", "preprocess", "data", "protocol_version", "precision"]
 
 
 def short_hash(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return digest(value)[:12]
 
 
 def identity(r: dict) -> dict:
@@ -123,7 +123,7 @@ def cell(row, best: bool) -> str:
     half = (row["ci_hi"] - row["ci_lo"]) / 2 if pd.notna(row.get("ci_hi", float("nan"))) else None
     text = f"{row['mean']:.2f}" + (f" ± {half:.2f}" if half is not None else "")  # none for one seed
     text = (f"**{text}**" if best else text) + ("†" if row["edge"] else "") + ("‡" if row["max_iter_hit"] else "")
-    if "paired_delta" in row:  # paired by identity (bench.compare)
+    if "paired_delta" in row:  # paired by identity (bench.report.compare)
         if pd.notna(row["paired_delta"]):
             text += f" ({row['paired_delta']:+.2f}{'*' if row['significant'] else ''})"
     elif row["method"] != "linear" and pd.notna(row["delta_vs_linear"]):
@@ -164,7 +164,7 @@ def partner_notes(lines: list[str]) -> str:
     return "\n\nNo Δ where no linear probe record is an exact partner:\n" + "".join(f"\n- {n}" for n in lines)
 
 
-REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"  # the committed published numbers
+REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference"  # the committed published numbers
 
 
 def narrow(records: list[dict], **wanted: list[str] | None) -> list[dict]:

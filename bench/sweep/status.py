@@ -16,7 +16,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import UserError, cells
+from bench import UserError
+from bench.sweep import cells
 
 STATES = ("done", "running", "failed", "missing")
 
@@ -43,7 +44,7 @@ def expand(argv: list[str]) -> Sweep:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from bench.cli import CONF, check_choices, register_resolvers
+    from bench.config import CONF, check_choices, register_resolvers
 
     check_choices(argv)
     register_resolvers()

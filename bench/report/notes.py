@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench import stats
+from bench.report import stats
 
 
 def published_lines(published: pd.DataFrame, datasets: list[str]) -> list[dict]:
