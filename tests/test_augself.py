@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -228,15 +225,12 @@ def test_experiment_sweeps_the_four_checkpoints_over_the_eleven_datasets():
         assert (published["checkpoint"] == json.dumps(block, sort_keys=True)).sum() == 11, b
 
 
-def test_a_run_under_protocol_augself_records_its_split_and_warm_refit(tmp_path):
+def test_a_run_under_protocol_augself_records_its_split_and_warm_refit(seabench, tmp_path):
     FAKES["cifar10"].write(tmp_path / "data")
-    out = subprocess.run([sys.executable, "-m", "bench", "run", "backbone=pixels", "dataset=cifar10",
-                          "protocol=augself", "method=augself_linear", f"data_root={tmp_path / 'data'}",
-                          f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'results'}",
-                          "extract.num_workers=0", *FAKES["cifar10"].overrides, "method.grid.penalty=[0.01,1.0]",
-                          "method.params.max_iter=20"], capture_output=True, text=True, check=False,
-                         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
+    seabench("run", "backbone=pixels", "dataset=cifar10", "protocol=augself", "method=augself_linear",
+             f"data_root={tmp_path / 'data'}", f"cache_dir={tmp_path / 'cache'}", f"results_dir={tmp_path / 'results'}",
+             "extract.num_workers=0", *FAKES["cifar10"].overrides, "method.grid.penalty=[0.01,1.0]",
+             "method.params.max_iter=20")
     (path,) = (tmp_path / "results" / "runs").rglob("*.json")
     record = json.loads(path.read_text())
     assert record["split_rule"] == "AugSelf: random_split(trainval, [45000, 5000]) with seed 43"

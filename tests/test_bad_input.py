@@ -1,14 +1,14 @@
 """Bad input and faults end in one sentence, before the work they guard (issue 11, items 1-3 and 6).
 
-The command runs in this process (`bench.cli.main`, Hydra included): the same path as `seabench ...`
-without a new interpreter per case. An uncaught exception would fail the test with its traceback.
+The command runs in this process (conftest's `seabench`: `bench.cli.main`, Hydra included), the same path
+as `seabench ...` without a new interpreter per case. An uncaught exception would fail the test with its
+traceback.
 """
 
 import errno
 import json
 import os
 import pathlib
-import signal
 
 import pytest
 import torch
@@ -20,22 +20,11 @@ SEA = ["dataset=digits", "backbone=pixels", "method=sea"]
 
 
 @pytest.fixture
-def seabench(tmp_path, monkeypatch, capsys):
-    """Run the command line in `tmp_path`; return (exit code, stdout + stderr, stderr)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SEABENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SEABENCH_DATA", str(tmp_path / "data"))
-    handler = signal.getsignal(signal.SIGTERM)
-
+def seabench(seabench):
+    """The command line in this process (conftest); returns (exit code, stdout + stderr, stderr)."""
     def run(*args):
-        try:
-            rc = cli.main(list(args))
-        except SystemExit as exit_:  # a single run's error leaves through Hydra with sys.exit
-            rc = exit_.code
-        finally:
-            signal.signal(signal.SIGTERM, handler)
-        out = capsys.readouterr()
-        return rc, out.out + out.err, out.err
+        out = seabench(*args, check=False)
+        return out.returncode, out.stdout + out.stderr, out.stderr
 
     return run
 

@@ -4,28 +4,13 @@ with its path named and leaves no cache entry."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import fake_datasets
 from fake_datasets import FAKES
+from harness import seabench_in_process
 
 BACKBONE = "test_resnet"
-# every layout in one Python process: Hydra + torch start-up would otherwise dominate
-RUN_ALL = """
-import json, sys
-from bench.cli import main
-codes = {}
-for args in json.loads(sys.argv[1]):
-    try:
-        codes[args[0]] = main(args[1:])
-    except SystemExit as exit:
-        codes[args[0]] = exit.code
-print(json.dumps(codes))
-"""
 
 
 def command(name: str, root: Path, tmp: Path, extra: list[str], workers: int = 0) -> list[str]:
@@ -35,14 +20,12 @@ def command(name: str, root: Path, tmp: Path, extra: list[str], workers: int = 0
 
 
 def run_all(jobs: dict[str, list[str]], cwd: Path) -> tuple[dict, str]:
-    payload = json.dumps([[name, *args] for name, args in jobs.items()])
-    # one thread: on these tiny problems torch's thread pool costs more than it gives (a 2-core runner
-    # spent 13 s in L-BFGS dot products of the 100-class fake with 2 threads, 0.2 s with 1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", RUN_ALL, payload], capture_output=True, text=True, cwd=cwd, check=False,
-                         timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1]), out.stdout + out.stderr  # the log goes to stdout
+    """Each job's exit code, and the output of all, every run in this process (harness.py)."""
+    codes, log = {}, ""
+    for name, args in jobs.items():
+        out = seabench_in_process(*args, cwd=cwd, env={}, check=False)
+        codes[name], log = out.returncode, log + out.stdout + out.stderr  # the run's log goes to stdout
+    return codes, log
 
 
 def test_run_extracts_every_layout(tmp_path):

@@ -8,12 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from harness import Child, own_env, seabench_in_process
 
 from bench import features, results
 
@@ -72,18 +72,16 @@ sys.exit(main(sys.argv[3:]))
 
 
 def env(tmp: Path) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "SEABENCH_CACHE": str(tmp / "cache"),
-            "SEABENCH_DATA": str(tmp / "data")}
+    return {**os.environ, "OMP_NUM_THREADS": "1", **own_env(tmp)}
 
 
-def start(tmp: Path, stage: str, *args: str, marker: Path | None = None) -> subprocess.Popen:
-    """The driver in a new process group (as a scheduler's job is), held at `stage`."""
+def start(tmp: Path, stage: str, *args: str, marker: Path | None = None) -> Child:
+    """The driver in a process of its own and a new process group (as a scheduler's job is), held at `stage`."""
     marker = marker or tmp / "marker"
-    return subprocess.Popen([sys.executable, "-c", DRIVER, stage, str(marker), *args], cwd=tmp, env=env(tmp),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return Child(DRIVER, [stage, marker, *args], cwd=tmp, env=env(tmp), new_session=True)
 
 
-def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+def wait_for(marker: Path, proc: Child, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not marker.exists():
         if proc.poll() is not None:
@@ -93,10 +91,8 @@ def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 300.0) -> No
 
 
 def run(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "bench", *args], cwd=tmp, env=env(tmp), capture_output=True,
-                         text=True, check=False)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out
+    """The command after the fault, in this process: a new job on what the faulted one left behind."""
+    return seabench_in_process(*args, cwd=tmp, env=own_env(tmp))
 
 
 def temporaries(tmp: Path) -> list[Path]:

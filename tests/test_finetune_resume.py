@@ -4,8 +4,6 @@ from its last checkpoint and, on a CPU, ends with the same weights as a job neve
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from harness import CLI, Child, seabench_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,11 +21,10 @@ ARGS = ["run", "dataset=digits", "backbone=test_resnet", "method=finetune", "see
         "backbone.preprocess.resize=16", "backbone.preprocess.crop=16"]
 
 
-def start(tmp: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEABENCH_CACHE": str(tmp / "cache")}
+def start(tmp: Path) -> Child:
+    """The fine-tuning job in a process of its own (harness.Child), to be killed."""
     tmp.mkdir(exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "bench", *ARGS], cwd=tmp, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return Child(CLI, ARGS, cwd=tmp, env={"SEABENCH_CACHE": str(tmp / "cache")})
 
 
 def checkpoints(tmp: Path) -> dict[str, dict]:
@@ -46,7 +44,7 @@ def step_of(tmp: Path) -> int:
     return 0
 
 
-def wait_for_step(tmp: Path, proc: subprocess.Popen, above: int) -> int:
+def wait_for_step(tmp: Path, proc: Child, above: int) -> int:
     while (step := step_of(tmp)) <= above:
         assert proc.poll() is None, proc.communicate()[0]
         time.sleep(0.02)
@@ -89,10 +87,8 @@ def test_a_job_killed_by_kill_9_resumes_and_ends_with_the_weights_of_an_uninterr
     at_kill = step_of(job)
     assert 0 < at_kill < 40
 
-    proc = start(job)
-    out, _ = proc.communicate()
-    assert proc.returncode == 0, out
-    assert f"resuming from step {at_kill} of 40" in out
+    out = seabench_in_process(*ARGS, cwd=job, env={"SEABENCH_CACHE": str(job / "cache")})  # the same command again
+    assert f"resuming from step {at_kill} of 40" in out.stdout + out.stderr
 
     resumed = checkpoints(job)
     assert set(resumed) == {"train", "train+val"}

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,6 @@ from bench import UserError, results
 from bench.metrics import mean_per_class, top1
 from bench.report import compare, stats, table
 
-REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = {"source": "augself_neurips2021_linear", "arch": "resnet50", "pretrain_data": "imagenet100",
              "pretrain_method": "mocov2"}
 N, CLASSES = 400, 4
@@ -206,11 +203,10 @@ def test_one_seed_shows_no_interval_and_filters_narrow(tmp_path):
         table.build(tmp_path, tmp_path / "out", figures=False, dataset=["nope"])
 
 
-def test_cli_filters_and_figures(tmp_path):
+def test_cli_filters_and_figures(seabench, tmp_path):
     record(tmp_path, method="linear")
     record(tmp_path, method="sea", seeds=(0, 1))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "bench", "table", "--results-dir", str(tmp_path), *a],
-                                    check=False, capture_output=True, text=True, cwd=REPO)
+    run = lambda *a: seabench("table", "--results-dir", str(tmp_path), *a, check=False)
     out = run("--method", "linear,sea", "--dataset", "cifar10")
     assert out.returncode == 0, out.stderr
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("delta.png", "cost_gain.png", "val_curves.png"))
