@@ -1,5 +1,5 @@
 """What the tests share: one thread for torch, the command line run in this process (harness.py), and the
-order in which the longest tests start (so that, spread over workers by pytest-xdist, they do not end the run alone)."""
+order in which the longest tests start (spread over pytest-xdist's workers, they must not end the run alone)."""
 
 import os
 import subprocess

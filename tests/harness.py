@@ -1,5 +1,6 @@
-"""How the tests run the command line: in this process, as a user types it (conftest's `seabench` fixture
-uses it; a test that needs it outside a fixture's tmp_path imports it from here)."""
+"""How the tests run the command line as a user types it: in this process (`seabench_in_process`, behind
+conftest's `seabench` fixture), or, where a process of its own is the point (kill -9, signals, jobs at
+once), in a real process forked from a preloaded server (`Child`)."""
 
 import logging
 import multiprocessing
@@ -12,10 +13,9 @@ from contextlib import redirect_stderr, redirect_stdout
 from io import StringIO
 from pathlib import Path
 
-import pytest
 
-
-def seabench_in_process(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+def seabench_in_process(*args: str, cwd: Path, env: dict[str, str],
+                        check: bool = True) -> subprocess.CompletedProcess:
     """`seabench ARGS` as a user types it, run by `bench.cli.main` in this process (Hydra included) in `cwd`
     with `env` added to the environment: the same path as the console script without a new interpreter
     (about 5 s of imports each). Returns what `subprocess.run` would; with `check`, a non-zero exit fails
@@ -23,24 +23,26 @@ def seabench_in_process(*args: str, cwd: Path, env: dict[str, str], check: bool 
     from bench import cli
 
     out, err = StringIO(), StringIO()
-    handler, argv, environ = signal.getsignal(signal.SIGTERM), sys.argv[:], dict(os.environ)
+    handler, argv, environ, here = signal.getsignal(signal.SIGTERM), sys.argv[:], dict(os.environ), os.getcwd()
     root = logging.getLogger()
-    with pytest.MonkeyPatch.context() as patch, redirect_stdout(out), redirect_stderr(err):
-        # logging as a new process starts it: no handler (a run's Hydra adds one on the stdout of its call)
-        patch.setattr(root, "handlers", [])
-        patch.setattr(root, "level", logging.WARNING)
-        patch.chdir(cwd)
-        for key, value in env.items():
-            patch.setenv(key, value)
-        try:
+    handlers, level = root.handlers[:], root.level
+    root.handlers.clear()  # logging as a new process starts it: no handler (a run's Hydra adds its own)
+    root.setLevel(logging.WARNING)
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
             code = cli.main(list(args))
-        except SystemExit as exit_:  # a single run's error leaves through Hydra with sys.exit
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        finally:  # what a run sets for itself (a sweep's job count, a signal handler) ends with it
-            signal.signal(signal.SIGTERM, handler)
-            sys.argv[:] = argv
-            os.environ.clear()
-            os.environ.update(environ)
+    except SystemExit as exit_:  # a single run's error leaves through Hydra with sys.exit
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:  # what the command set for itself (a handler, a sweep's job count, logging) ends with it
+        signal.signal(signal.SIGTERM, handler)
+        sys.argv[:] = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(here)
+        root.handlers[:] = handlers
+        root.setLevel(level)
     result = subprocess.CompletedProcess(["seabench", *args], code, out.getvalue(), err.getvalue())
     if check and code != 0:
         raise AssertionError(f"exit {code}\n{result.stdout}\n{result.stderr}")

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-import yaml
-
 from bench import UserError, config
 
 log = logging.getLogger(__name__)
@@ -38,7 +36,7 @@ def registry() -> dict[str, Entry]:
     """On-disk datasets by config name, in file-name order."""
     entries = {}
     for path in sorted(CONF.glob("*.yaml")):
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = config.read_yaml(path)
         target = (spec.get("load") or {}).get("_target_", "")
         module = importlib.import_module(target.rsplit(".", 1)[0]) if "." in target else None
         name = spec.get("name", path.stem)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import UserError
+from bench.config import CONF, check_choices, read_yaml, register_resolvers
 from bench.sweep import cells
 
 STATES = ("done", "running", "failed", "missing")
@@ -44,7 +45,6 @@ def expand(argv: list[str]) -> Sweep:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from bench.config import CONF, check_choices, register_resolvers
 
     check_choices(argv)
     register_resolvers()
@@ -84,13 +84,11 @@ def compose_all(lists: list[list[str]], compose) -> list[dict]:
 
 def last_sweep(results_dir: Path) -> list[str]:
     """The command-line overrides of the sweep last started under results_dir (Hydra saves each one)."""
-    import yaml
-
     saved = sorted(Path(results_dir).glob(".hydra/*/multirun.yaml"))
     if not saved:
         raise UserError(f"no sweep was started under {results_dir} (no .hydra/*/multirun.yaml); "
                         "pass the overrides of the sweep instead: seabench status experiment=demo")
-    overrides = yaml.safe_load(saved[-1].read_text())["hydra"]["overrides"]
+    overrides = read_yaml(saved[-1])["hydra"]["overrides"]
     return [o for o in overrides["hydra"] if not o.startswith("hydra.mode=")] + overrides["task"]
 
 
