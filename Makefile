@@ -28,8 +28,9 @@ demo-finetune: install
 table: install
 	$(BIN)/seabench table
 
-# the test suite, one worker per core (pytest-xdist); the 15 slowest tests are printed at the end
+# ruff, then the test suite, one worker per core (pytest-xdist); the 15 slowest tests are printed at the end
 test: install
+	$(BIN)/ruff check bench tests benchmarks
 	$(BIN)/pytest -q -n auto
 
 lint: install

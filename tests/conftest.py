@@ -14,14 +14,11 @@ from harness import own_env, seabench_in_process
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Tests that take longest (tens of seconds: the demo, real processes killed and requeued, eight jobs at
-# once). They start first, each on its own worker, while the short ones fill the other workers.
-HEAVY = ("test_demo_and_table", "test_concurrent_jobs_on_one_cold_cell", "test_a_preempted_job_is_requeued",
-         "test_a_local_launcher_sweep_runs_each_cell", "test_eight_jobs_started_at_once")
-
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: not item.name.startswith(HEAVY))  # stable: the rest keep their order
+    """The tests marked `heavy` (tens of seconds: the demo, jobs requeued under submitit, eight jobs at once)
+    start first, each on a worker of its own, while the short ones fill the other workers."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: the rest keep their order
 
 
 @pytest.fixture

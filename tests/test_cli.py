@@ -10,6 +10,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.heavy
 def test_demo_and_table(seabench, tmp_path):
     """`make demo` end to end: its 14 cells (2 backbones x 7 methods, each with its whole grid and 100 epochs)
     learn the real digits, their records hold what the table needs, and the table is built from them. One

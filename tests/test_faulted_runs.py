@@ -146,6 +146,7 @@ def test_a_signal_ends_in_one_line_and_leaves_no_temporary(tmp_path, stage, how,
     assert list((tmp_path / "results").rglob("*.json")) == []
 
 
+@pytest.mark.heavy
 def test_concurrent_jobs_on_one_cold_cell_extract_once_and_agree(tmp_path):
     """8 jobs share the cache (each writes its own results folder, to compare their records); every
     extraction is slowed by 2 s so that they all meet at the lock."""

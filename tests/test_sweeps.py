@@ -25,6 +25,7 @@ def records(tmp: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((tmp / "results" / "runs").rglob("*.json"))]
 
 
+@pytest.mark.heavy
 def test_a_local_launcher_sweep_runs_each_cell_in_its_own_process_and_extracts_once(seabench, tmp_path):
     seabench("run", "dataset=digits", "backbone=pixels", "seeds=1", *CHEAP)  # one cell done before
     (before,) = records(tmp_path)
@@ -53,6 +54,7 @@ def wait_for_marker(tmp: Path, sweep: Child) -> int:
     return json.loads(markers[0].read_text())["pid"]
 
 
+@pytest.mark.heavy
 def test_a_preempted_job_is_requeued_and_a_killed_one_leaves_nothing_partial(tmp_path):
     from submitit.core.job_environment import JobEnvironment
 
@@ -82,6 +84,7 @@ def test_a_preempted_job_is_requeued_and_a_killed_one_leaves_nothing_partial(tmp
     assert again.returncode == 0 and len(records(tmp_path)) == 2, out + err
 
 
+@pytest.mark.heavy
 def test_a_failing_cell_fails_the_sweep_under_submitits_own_local_launcher(seabench, tmp_path):
     out = seabench("run", "-m", "hydra/launcher=submitit_local", "dataset=dtd,digits", "backbone=pixels", *CHEAP, check=False)
     assert out.returncode == 2
