@@ -44,16 +44,18 @@ def test_demo_and_table(seabench, tmp_path):
 
 
 def test_every_stochastic_method_of_the_demo_runs_its_seeds_through_the_cli(seabench, tmp_path):
-    """The demo's default, 3 seeds, for each method of the SGD family with its whole grid (5 epochs here). One
-    run per method: a sweep over methods cannot also set their params (Hydra composes the sweep's base config
-    with the default method, which has no epochs)."""
+    """The demo's default, 3 seeds, for each method of the SGD family with its whole grid (5 epochs here), and
+    one for the deterministic probe. One run per method: a sweep over methods cannot also set their params
+    (Hydra composes the sweep's base config with the default method, which has no epochs)."""
     for method in ("sgd", "sea", "isda", "noise", "afan", "flow"):
         seabench("run", "dataset=digits", "backbone=pixels", f"method={method}", "method.params.epochs=5")
-    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").rglob("*.json")]
-    assert sorted(r["method"] for r in records) == sorted(["sgd", "sea", "isda", "noise", "afan", "flow"])
-    for record in records:
-        assert len(record["test"]["top1"]) == 3 and min(record["test"]["top1"]) > 60, record["method"]
-        assert len(record["test"]["predictions"]) == 3
+    seabench("run", "dataset=digits", "backbone=pixels", "method=linear")
+    records = {r["method"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "results").rglob("*.json"))}
+    assert sorted(records) == sorted(["linear", "sgd", "sea", "isda", "noise", "afan", "flow"])
+    for method, record in records.items():
+        seeds = 1 if method == "linear" else 3
+        assert len(record["test"]["top1"]) == len(record["test"]["predictions"]) == seeds, method
+        assert min(record["test"]["top1"]) > 60, method
 
 
 def test_a_flow_run_records_its_flow_fits(seabench, tmp_path):
