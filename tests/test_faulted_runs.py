@@ -1,7 +1,8 @@
 """What held, keep it holding: signals, kill -9 at every stage, concurrent jobs, a table read during a sweep.
 
-A driver runs the real command line (`bench.cli.main`) with one hold point patched in: at the chosen
-stage it touches a marker file and sleeps, so the test can signal or kill it exactly there.
+A driver runs the real command line (`bench.cli.main`) in a process of its own (harness.Child) with one
+hold point patched in: at the chosen stage it touches a marker file and sleeps, so the test can signal or
+kill it exactly there. The command run after the fault runs in the test's process.
 """
 
 import json
