@@ -64,6 +64,8 @@ PRELOAD = ["torch", "timm", "hydra", "submitit", "bench.cli", "bench.job", "benc
            "bench.methods.linear", "bench.methods.sgd", "bench.sweep.cells", "bench.sweep.allocation",
            "bench.finetune.loop"]
 CLI = "import sys\nfrom bench.cli import main\nsys.exit(main(sys.argv[1:]))\n"  # what `python -m bench` runs
+FORKSERVER = multiprocessing.get_context("forkserver")  # its server starts with the first Child
+FORKSERVER.set_forkserver_preload(PRELOAD)
 
 
 def _child(code: str, argv: list[str], cwd: str, env: dict[str, str], out: str, err: str, session: bool) -> None:
@@ -90,11 +92,9 @@ class Child:
                  new_session: bool = False):
         import tempfile
 
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
         self._dir = Path(tempfile.mkdtemp(prefix="seabench-child-"))
         self._out, self._err = self._dir / "stdout", self._dir / "stderr"
-        self._process = context.Process(target=_child, daemon=False, args=(
+        self._process = FORKSERVER.Process(target=_child, daemon=False, args=(
             code, [str(a) for a in argv], str(cwd), {**os.environ, **(env or {})}, str(self._out), str(self._err),
             new_session))
         self._process.start()

@@ -73,7 +73,7 @@ sys.exit(main(sys.argv[3:]))
 
 
 def env(tmp: Path) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", **own_env(tmp)}
+    return {"OMP_NUM_THREADS": "1", **own_env(tmp)}  # over this process's environment (harness.Child)
 
 
 def start(tmp: Path, stage: str, *args: str, marker: Path | None = None) -> Child:
