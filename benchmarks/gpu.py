@@ -1,0 +1,483 @@
+"""The GPU check (DESIGN section 9, issue 20): one command, on one GPU, inside 8 minutes.
+
+    python benchmarks/gpu.py                 # on a GPU: the figures below, one line each, and gpu.json
+    python benchmarks/gpu.py --tiny          # every section at tiny sizes on a CPU, in seconds (a test runs it)
+
+Sections, in order (each line says what was compared and the target where DESIGN sets one):
+  extraction  ResNet-50 (timm, random init) over real JPEG files (crops of scikit-learn's two bundled
+              photographs, written here) through seabench's loader and feature-cache write (bench.features
+              .cached: float16 autocast and channels_last on a GPU), against the bare model on batches already
+              on the GPU; and decoding on the GPU (torchvision.io.decode_jpeg on cuda) as the alternative;
+  probe       bench.methods.linear.fit's 45-penalty sweep at Food-101's shape against scikit-learn's
+              warm-started sweep on this machine's CPUs, and whether they pick the same penalty on val;
+  methods     each feature method's YAML grid x 3 seeds at Food-101's shape: seconds per grid point at the
+              YAML's epochs (measured over --epochs, scaled), peak GPU memory;
+  finetune    ResNet-50 training images/s at 224 px, batch 64, bfloat16: a bare step on GPU tensors with and
+              without channels_last and torch.compile, and bench.finetune.loop.train (the real loop);
+  table       one backbone's 11-task table in GPU-hours (benchmarks/gpu_cost.py) and its fine-tune column.
+
+Everything goes to <out>/gpu.json (--out, else $OUT, else results/gpu). Nothing is asserted: a figure that
+misses its target says MISS. --budget-s: sections that would not fit in what is left are skipped, said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed.py, finetune.py, gpu_cost.py beside this file
+import gpu_cost
+from speed import grid_of, method_config, synthetic_features
+
+from bench import backbones, features
+from bench.data import ImageList, read_rgb
+from bench.methods import afan, flow, isda, linear, noise, sea, sgd
+
+METHODS = {"sgd": sgd, "sea": sea, "isda": isda, "afan": afan, "flow": flow, "noise": noise}
+FOOD101 = {"train": 68_175, "val": 7_575, "test": 25_250, "classes": 101, "dim": 2048}
+SIZES = {  # full: the check on a GPU; tiny: the same code in seconds on a CPU
+    "full": {"images": 5000, "jpeg": (384, 512), "arch": "resnet50", "input": 224, "probe_rows": 75_750,
+             "probe_held_out": 7_575, "rows": FOOD101["train"], "classes": 101, "dim": 2048, "epochs": 2,
+             "ft_batch": 64, "ft_steps": 20, "loop_steps": 10, "compile_backend": "inductor",
+             "sklearn_budget_s": 120},
+    "tiny": {"images": 24, "jpeg": (48, 64), "arch": "test_resnet", "input": 32, "probe_rows": 300,
+             "probe_held_out": 100, "rows": 300, "classes": 5, "dim": 32, "epochs": 1, "ft_batch": 8,
+             "ft_steps": 2, "loop_steps": 2, "compile_backend": "eager", "sklearn_budget_s": 60},
+}
+log = logging.getLogger("gpu")
+
+
+class Report:
+    """The figures: one printed line each, all of them in the JSON."""
+
+    def __init__(self, out: Path, machine: dict, sizes: dict):
+        self.path, self.data, self.start = out / "gpu.json", {"machine": machine, "sizes": sizes, "figures": {},
+                                                               "skipped": []}, time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)
+
+    def add(self, name: str, value, unit: str, what: str, **extra) -> None:
+        self.data["figures"][name] = {"value": value, "unit": unit, "what": what, **extra}
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        notes = "; ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items())
+        print(f"[{name}] {shown} {unit}: {what}" + (f" ({notes})" if notes else ""), flush=True)
+
+    def save(self) -> None:
+        self.data["seconds"] = round(time.perf_counter() - self.start, 1)
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    run()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what they are): the GPU's peak allocation since the last reset, or the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS (ru_maxrss, no GPU)"
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+# ----------------------------------------------------------------------------------------------- extraction
+
+
+@functools.cache
+def photographs() -> list[np.ndarray]:
+    """scikit-learn's two bundled photographs (china.jpg, flower.jpg: 427 x 640 x 3 uint8, no network)."""
+    from sklearn.datasets import load_sample_images
+
+    return load_sample_images().images
+
+
+def write_jpeg(job: tuple[int, str, int, int]) -> None:
+    """One JPEG of height x width: a random crop of one of scikit-learn's two photographs, resized."""
+    from PIL import Image
+
+    i, path, height, width = job
+    photos = photographs()
+    gen = np.random.default_rng(i)
+    photo = photos[i % len(photos)]
+    h = int(gen.integers(160, photo.shape[0] + 1))
+    w = min(photo.shape[1], int(h * width / height))
+    top, left = int(gen.integers(0, photo.shape[0] - h + 1)), int(gen.integers(0, photo.shape[1] - w + 1))
+    image = Image.fromarray(photo[top:top + h, left:left + w]).resize((width, height), Image.BICUBIC)
+    image.save(path, quality=90)
+
+
+def write_jpegs(folder: Path, count: int, size: tuple[int, int], workers: int) -> ImageList:
+    jobs = [(i, str(folder / f"{i:05d}.jpg"), *size) for i in range(count)]
+    if workers <= 1 or count < 256:  # a pool's start costs more than a few files
+        list(map(write_jpeg, jobs))
+    else:
+        with ProcessPoolExecutor(min(workers, 16)) as pool:
+            list(pool.map(write_jpeg, jobs, chunksize=64))
+    return ImageList([j[1] for j in jobs], [i % 10 for i in range(count)], read_rgb, source=str(folder))
+
+
+def gpu_decode_rate(paths: list[str], model, pre: dict, *, batch: int, device: torch.device) -> float:
+    """images/s of reading the files, decoding them with torchvision.io.decode_jpeg on `device`, resizing
+    (bicubic, antialiased), cropping and normalising there, then the model (float16 autocast on a GPU)."""
+    from torchvision.io import decode_jpeg
+
+    mean = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1) * 255
+    amp = features.uses_amp(device)
+
+    def run():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            for i in range(0, len(paths), batch):
+                data = [torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8) for p in paths[i:i + batch]]
+                x = torch.stack(decode_jpeg(data, device=device)).float()  # the files share one size
+                h, w = x.shape[-2:]
+                s = pre["resize"] / min(h, w)
+                x = torch.nn.functional.interpolate(x, size=(round(h * s), round(w * s)), mode="bicubic",
+                                                    antialias=True, align_corners=False)
+                top, left = (x.shape[-2] - pre["crop"]) // 2, (x.shape[-1] - pre["crop"]) // 2
+                x = ((x[..., top:top + pre["crop"], left:left + pre["crop"]] - mean) / std)
+                model(x.contiguous(memory_format=torch.channels_last)).float().cpu()
+
+    run()  # warm-up: the decoder's and cuDNN's first calls
+    return len(paths) / timed(run, device)
+
+
+def bench_extraction(args, size: dict, device: torch.device, report: Report, tmp: Path) -> float:
+    pre = {"resize": size["input"], "crop": size["input"], "interpolation": "bicubic",
+           "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    (tmp / "images").mkdir()
+    start = time.perf_counter()
+    images = write_jpegs(tmp / "images", size["images"], size["jpeg"], args.workers)
+    written = time.perf_counter() - start
+    bb = backbones.create(name=size["arch"], arch=size["arch"], source="random", preprocess=pre, cache_dir=tmp)
+    batch = args.batch_size
+    what = (f"{size['images']} JPEG files {size['jpeg'][1]}x{size['jpeg'][0]} (written in {written:.1f} s), timm "
+            f"{size['arch']} random init, input {size['input']}, batch {batch}")
+
+    def cached(workers: int, name: str):
+        return features.cached(bb, name, "train", images, cache_dir=tmp / "cache", batch_size=batch,
+                               num_workers=workers, device=device)
+
+    cached(args.workers, "warm-up")  # cuDNN's algorithm search and the first allocations
+    rates = {}
+    for workers in dict.fromkeys([args.workers, args.config_workers]):
+        seconds = timed(lambda w=workers: cached(w, f"run-{w}"), device)
+        rates[workers] = size["images"] / seconds
+    model = bb.model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size["input"], size["input"], device=device).contiguous(
+        memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+
+    def bare():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16,
+                                                    enabled=features.uses_amp(device)):
+            for _ in range(0, size["images"], batch):
+                model(x).float().cpu()
+
+    bare()
+    rate_bare = size["images"] / statistics.median(timed(bare, device) for _ in range(3))
+    e2e = rates[args.workers]
+    report.add("extraction_images_per_s", e2e, "images/s", f"bench.features.cached (loader, {args.workers} workers, "
+               f"extraction, cache write) over {what}", bare_model_images_per_s=rate_bare, ratio=e2e / rate_bare,
+               target=">= 0.8x of the bare model", verdict="PASS" if e2e >= 0.8 * rate_bare else "MISS")
+    report.add("extraction_bare_images_per_s", rate_bare, "images/s", "the bare model's forward pass on a batch "
+               "already on the device (float16 autocast and channels_last on a GPU)")
+    report.add("extraction_config_workers_images_per_s", rates[args.config_workers], "images/s",
+               f"as extraction_images_per_s with conf/config.yaml's extract.num_workers = {args.config_workers}")
+    gpu = gpu_decode_rate(images.items, model, pre, batch=batch, device=device)
+    report.add("extraction_gpu_decode_images_per_s", gpu, "images/s", "read the files, decode_jpeg on "
+               f"{device.type}, resize + crop + normalise there, then the model: the alternative to the loader",
+               ratio=gpu / rate_bare)
+    return e2e
+
+
+# --------------------------------------------------------------------------------------------- linear probe
+
+
+def sklearn_capped(Xtr, ytr, Xval, penalties, *, params: dict, budget_s: float) -> tuple[dict, float]:
+    """speed.py's `sklearn_sweep` (ssl-transfer's probe: standardised features, one warm-started L-BFGS
+    LogisticRegression refitted for C = 1 / penalty, strongest first), stopped between penalties once
+    `budget_s` seconds are spent: {penalty: val predictions} of the penalties it reached, and the start time."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    start = time.perf_counter()
+    scaler = StandardScaler().fit(Xtr)
+    A, B = scaler.transform(Xtr), scaler.transform(Xval)
+    est, pred = LogisticRegression(max_iter=params["max_iter"], tol=params["tol"], warm_start=True), {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter; the same budget applies to ours
+        for penalty in sorted(penalties, reverse=True):
+            if time.perf_counter() - start > budget_s:
+                break
+            pred[penalty] = est.set_params(C=1 / penalty).fit(A, ytr).predict(B)
+    return pred, start
+
+
+def bench_probe(args, size: dict, device: torch.device, report: Report) -> float:
+    params, grid = method_config("linear")
+    penalties = grid["penalty"]
+    points = [{**params, "penalty": p} for p in penalties]
+    n, held = size["probe_rows"], size["probe_held_out"]
+    X, y = synthetic_features(n + held, dim=size["dim"], num_classes=size["classes"], noise=4.0, seed=1)
+    Xtr, ytr, Xho, yho = X[:n], y[:n], X[n:], y[n:]
+    linear.fit(Xtr[:1000], ytr[:1000], num_classes=size["classes"], points=points[:2], device=device)  # warm-up
+    heads = {}
+    ours = timed(lambda: heads.setdefault("ours", linear.fit(Xtr, ytr, num_classes=size["classes"], points=points,
+                                                             device=device)), device)
+    val_ours = heads["ours"].predict(Xho[:held]).eq(yho[:held]).double().mean(1)
+    done, start = sklearn_capped(Xtr.numpy(), ytr.numpy(), Xho[:held].numpy(), penalties, params=params,
+                                 budget_s=size["sklearn_budget_s"])
+    theirs = time.perf_counter() - start
+    fitted = [p for p in penalties if p in done]
+    complete = len(fitted) == len(penalties)
+    pick_ours = penalties[int(val_ours.argmax())]
+    pick_theirs = (penalties[int(np.argmax([(done[p] == yho[:held].numpy()).mean() for p in penalties]))]
+                   if complete else None)
+    ratio = theirs / ours
+    report.add("probe_seconds", ours, "s", f"bench.methods.linear.fit, the YAML's {len(penalties)} penalties on "
+               f"{n} x {size['dim']}, {size['classes']} classes, on {device.type}", sklearn_seconds=theirs,
+               sklearn_penalties_fitted=len(fitted), ratio=ratio, same_pick=pick_ours == pick_theirs if complete else None,
+               pick_ours=pick_ours, pick_sklearn=pick_theirs,
+               target=">= 20x scikit-learn's warm-started sweep on this machine's CPUs, same pick",
+               verdict=("PASS" if ratio >= 20 and pick_ours == pick_theirs else "MISS") if complete else
+               f"sklearn stopped after {len(fitted)} penalties ({size['sklearn_budget_s']} s): the ratio is a lower bound")
+    return ours
+
+
+# ------------------------------------------------------------------------------------------- feature methods
+
+
+def bench_methods(args, size: dict, device: torch.device, report: Report) -> dict[str, float]:
+    """Seconds per grid point (its 3 seeds) at the YAML's epochs, from a fit of --epochs; peak memory."""
+    n, classes = size["rows"], size["classes"]
+    X, y = synthetic_features(n, dim=size["dim"], num_classes=classes, noise=4.0, seed=2)
+    X, y = X.to(device), y.to(device)
+    warm = grid_of("sgd", 1, 1)[:1]
+    sgd.fit(X[:1024], y[:1024], num_classes=classes, points=warm, device=device)  # CUDA context, cuBLAS handles
+    per_point = {}
+    for name, module in METHODS.items():
+        points = grid_of(name, size["epochs"], args.seeds)
+        full = method_config(name)[0]["epochs"]
+        grid = len(points) // args.seeds
+        costs = {}
+        reset_peak(device)
+        with tempfile.TemporaryDirectory() as tmp:  # flow: a fresh flow cache, so its fits are paid here
+            kwargs = {"cache_dir": Path(tmp), "costs": costs} if name == "flow" else {}
+            seconds = timed(lambda m=module, p=points, k=kwargs: m.fit(X, y, num_classes=classes, points=p,
+                                                                      device=device, **k), device)
+        fixed = costs.get("timings", {}).get("flow_fit", 0.0)  # paid once per run, not per epoch
+        per_point[name] = ((seconds - fixed) * full / size["epochs"] + fixed) / grid
+        peak, kind = peak_memory(device)
+        report.add(f"method_{name}_seconds_per_point", per_point[name], "s",
+                   f"{name}: its YAML grid ({grid} points) x {args.seeds} seeds on {n} x {size['dim']}, {classes} "
+                   f"classes, {device.type}; measured over {size['epochs']} epoch(s), scaled to the YAML's {full}",
+                   measured_seconds=seconds, fixed_seconds=fixed, peak_memory_bytes=peak, memory=kind)
+    return per_point
+
+
+# ----------------------------------------------------------------------------------------------- fine-tuning
+
+
+def step_rate(arch: str, size: dict, device: torch.device, *, channels_last: bool, compiled: bool,
+              backend: str) -> tuple[float, float]:
+    """(training images/s, seconds of the first 3 steps: compilation, cuDNN's search) of a bare step: forward,
+    cross-entropy, backward, SGD Nesterov, on one batch already on the device, bfloat16 autocast on a GPU."""
+    import timm
+
+    from bench.finetune.loop import autocast_ok
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=101).to(device).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    run = torch.compile(model, backend=backend) if compiled else model
+    x = torch.randn(size["ft_batch"], 3, size["input"], size["input"], device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 101, (size["ft_batch"],), device=device)
+
+    def steps(k: int):
+        for _ in range(k):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_ok(device)):
+                loss = torch.nn.functional.cross_entropy(run(x).float(), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    first = timed(lambda: steps(3), device)
+    return size["ft_steps"] * size["ft_batch"] / timed(lambda: steps(size["ft_steps"]), device), first
+
+
+def loop_rate(args, size: dict, device: torch.device, tmp: Path) -> float:
+    """Training images/s of bench.finetune.loop.train (views in --workers loader processes from 256 px
+    pictures, forward, backward, step; channels_last and bfloat16 on a GPU, eager), over its steps after the
+    first (which pays for the loader's start and cuDNN's search): a hook on the head notes when each step's
+    forward pass reaches it (after a synchronisation, so the GPU's queue is counted)."""
+    from finetune import RandomImages
+
+    from bench.finetune import loop, network
+
+    pre = {"resize": size["input"], "crop": size["input"], "interpolation": "bicubic",
+           "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    params, _ = method_config("finetune")
+    bb = backbones.create(name=size["arch"], arch=size["arch"], source="random", preprocess=pre, cache_dir=tmp)
+    point = params | {"seed": 0, "steps": 1 + size["loop_steps"], "batch_size": size["ft_batch"]}
+    net, stamps = network(bb, point, num_classes=10, seed=0), []
+
+    def stamp(*_):
+        sync(device)
+        stamps.append(time.perf_counter())
+
+    net.head.register_forward_hook(stamp)
+    loop.train(net, RandomImages(4 * size["ft_batch"]), point=point, preprocess=pre, device=device,
+               path=tmp / "loop.pt", micro_batch=None, num_workers=args.workers, checkpoint_every=10**9,
+               compile=False, desc="loop")
+    return size["loop_steps"] * size["ft_batch"] / (stamps[-1] - stamps[0])
+
+
+def bench_finetune(args, size: dict, device: torch.device, report: Report, tmp: Path, left) -> float:
+    what = f"timm {size['arch']} random init, {size['input']} px, batch {size['ft_batch']}, {size['ft_steps']} steps"
+    loop = loop_rate(args, size, device, tmp)
+    report.add("finetune_loop_images_per_s", loop, "images/s", "bench.finetune.loop.train as a run calls it "
+               f"(views from 256 px pictures in {args.workers} loader workers, channels_last and bfloat16 on a "
+               f"GPU, no torch.compile), {size['arch']}, {size['input']} px, batch {size['ft_batch']}")
+    for compiled in (False, True):
+        for cl in (False, True):
+            name = f"finetune_step{'_channels_last' if cl else ''}{'_compiled' if compiled else ''}_images_per_s"
+            if compiled and left() < args.compile_reserve_s:
+                report.data["skipped"].append(f"{name}: {left():.0f} s left, a compilation needs "
+                                              f"--compile-reserve-s {args.compile_reserve_s}")
+                print(f"[{name}] skipped: {left():.0f} s left of the budget", flush=True)
+                continue
+            rate, first = step_rate(size["arch"], size, device, channels_last=cl, compiled=compiled,
+                                    backend=size["compile_backend"])
+            report.add(name, rate, "images/s", f"a bare training step ({what}), channels_last {cl}, torch.compile "
+                       f"{compiled}" + (f" (backend {size['compile_backend']})" if compiled else ""),
+                       first_3_steps_seconds=first)
+    return loop
+
+
+# ------------------------------------------------------------------------------------------------- the table
+
+
+def bench_table(args, size: dict, figures: dict, report: Report) -> None:
+    from bench.protocol import grid_points
+
+    needed = ("extraction_images_per_s", "probe_seconds", "seconds_per_point", "finetune_images_per_s")
+    if missing := [k for k in needed if k not in figures]:
+        raise RuntimeError(f"the table needs the figures {missing}, which an earlier section did not give")
+    points = {name: len(grid_points(method_config(name)[1])) for name in ("linear", *METHODS)}
+    params, grid = method_config("finetune")
+    finetune = {"points": len(grid_points(grid)), "seeds": args.seeds, "steps": params["steps"],
+                "batch_size": params["batch_size"]}
+    shape = {"train": size["rows"], "classes": size["classes"], "probe_train": size["probe_rows"]}
+    cost = gpu_cost.table_cost(figures, shape=shape, grid_points=points, finetune=finetune)
+    report.data["table"] = cost
+    note = "" if not args.tiny else " (tiny sizes: the measured shape is the tiny one, not Food-101's)"
+    report.add("table_feature_gpu_hours", cost["feature_gpu_hours"], "GPU-hours", "one backbone's 11-task table: "
+               f"extraction + linear + {', '.join(METHODS)}, {args.seeds} seeds, protocol=selection{note}",
+               target="<= 1", verdict="PASS" if cost["feature_gpu_hours"] <= 1 else "MISS")
+    report.add("table_finetune_gpu_hours", cost["finetune_gpu_hours"], "GPU-hours", "its fine-tune column: "
+               f"{cost['finetune_runs_per_dataset']} runs of {finetune['steps']} x {finetune['batch_size']} images "
+               f"per dataset at finetune_loop_images_per_s, with their predictions{note}")
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def machine(device: torch.device) -> dict:
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    memory = torch.cuda.get_device_properties(device).total_memory if gpu else None
+    return {"device": gpu or "cpu", "gpu_memory_bytes": memory, "cpus": os.cpu_count(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def parse(argv) -> argparse.Namespace:
+    from bench import config
+
+    extract = config.read_yaml(config.CONF / "config.yaml")["extract"]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="every section at tiny sizes (a CPU, seconds)")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "results/gpu"),
+                   help="folder of gpu.json (default: $OUT when set, else results/gpu)")
+    p.add_argument("--device", default="auto", help="auto: cuda when there is one, else cpu")
+    p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="loader processes")
+    p.add_argument("--config-workers", type=int, default=extract["num_workers"],
+                   help="loader processes of the second extraction figure (conf/config.yaml's)")
+    p.add_argument("--batch-size", type=int, default=extract["batch_size"], help="extraction batch")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per grid point (a run's: conf/config.yaml)")
+    p.add_argument("--budget-s", type=float, default=420, help="seconds this script may take; what would not "
+                   "fit is skipped and said so")
+    p.add_argument("--compile-reserve-s", type=float, default=150, help="seconds that must be left to start a "
+                   "torch.compile figure (its compilation)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.WARNING)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    size = SIZES["tiny" if args.tiny else "full"]
+    report = Report(args.out, machine(device), size)
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in report.data["machine"].items()), flush=True)
+    left = lambda: args.budget_s - (time.perf_counter() - report.start)
+    figures, errors = {}, report.data.setdefault("errors", {})
+    with tempfile.TemporaryDirectory() as tmp:
+        sections = {
+            "extraction": lambda: figures.update(extraction_images_per_s=bench_extraction(
+                args, size, device, report, Path(tmp))),
+            "probe": lambda: figures.update(probe_seconds=bench_probe(args, size, device, report)),
+            "methods": lambda: figures.update(seconds_per_point=bench_methods(args, size, device, report)),
+            "finetune": lambda: figures.update(finetune_images_per_s=bench_finetune(
+                args, size, device, report, Path(tmp), left)),
+            "table": lambda: bench_table(args, size, figures, report),
+        }
+        for name, run in sections.items():
+            if left() <= 0:
+                report.data["skipped"].append(f"{name}: the budget ({args.budget_s:g} s) is spent")
+                print(f"({name}: skipped, the budget of {args.budget_s:g} s is spent)", flush=True)
+                continue
+            start = time.perf_counter()
+            try:
+                run()
+            except Exception as err:  # one window on the GPU: the other sections still run
+                log.exception("section %s failed", name)
+                errors[name] = f"{type(err).__name__}: {err}"
+            print(f"({name}: {time.perf_counter() - start:.0f} s)", flush=True)
+            report.save()
+    report.save()
+    print(f"wrote {report.path} ({report.data['seconds']} s)", flush=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
