@@ -71,7 +71,7 @@ def same_pick(a: dict, b: dict, val_size: int) -> bool:
     if a["chosen"] == b["chosen"]:
         return True
     step = 100 / val_size + 1e-9
-    at = lambda out, point: next(c["val"] for c in out["curve"] if c["point"] == point)  # noqa: E731
+    at = lambda out, point: next(c["val"] for c in out["curve"] if c["point"] == point)
     return all(max(c["val"] for c in out["curve"]) - at(out, other["chosen"]) <= step
                for out, other in ((a, b), (b, a)))
 
