@@ -1,7 +1,7 @@
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install demo demo-finetune table test lint
+.PHONY: install demo demo-finetune table test lint gpu-wheels bench-gpu
 
 # the virtual environment, rebuilt when the project's dependencies change
 $(VENV)/.installed: pyproject.toml
@@ -35,3 +35,14 @@ test: install
 
 lint: install
 	$(BIN)/ruff check bench tests benchmarks
+
+# the GPU check (docs/performance.md, "The GPU check"): `make gpu-wheels` gathers into wheels/ (git-ignored)
+# the wheels the GPU machine lacks (it has no network) and rehearses their offline install here, about 3 min;
+# `make bench-gpu` then runs the check where this is (install, CUDA tests, benchmarks/gpu.py: <= 520 s on an
+# H200); on the lent GPU machine, carry wheels/ and run `sh benchmarks/gpu_check.sh`
+gpu-wheels: install
+	$(BIN)/python benchmarks/gpu_wheels.py gather wheels
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/gpu_wheels.py check wheels
+
+bench-gpu: gpu-wheels
+	sh benchmarks/gpu_check.sh

@@ -53,11 +53,12 @@ SIZES = {  # full: the check on a GPU; tiny: the same code in seconds on a CPU
     "full": {"images": 5000, "jpeg": (384, 512), "arch": "resnet50", "input": 224, "probe_rows": 75_750,
              "probe_held_out": 7_575, "rows": FOOD101["train"], "classes": 101, "dim": 2048, "epochs": 2,
              "ft_batch": 64, "ft_steps": 20, "loop_steps": 10, "compile_backend": "inductor",
-             "sklearn_budget_s": 120},
+             "sklearn_budget_s": 90},
     "tiny": {"images": 24, "jpeg": (48, 64), "arch": "test_resnet", "input": 32, "probe_rows": 300,
              "probe_held_out": 100, "rows": 300, "classes": 5, "dim": 32, "epochs": 1, "ft_batch": 8,
              "ft_steps": 2, "loop_steps": 2, "compile_backend": "eager", "sklearn_budget_s": 60},
 }
+SECTIONS = ("extraction", "probe", "methods", "finetune", "table")
 log = logging.getLogger("gpu")
 
 
@@ -437,7 +438,9 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="seeds per grid point (a run's: conf/config.yaml)")
     p.add_argument("--budget-s", type=float, default=420, help="seconds this script may take; what would not "
                    "fit is skipped and said so")
-    p.add_argument("--compile-reserve-s", type=float, default=150, help="seconds that must be left to start a "
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run (the "
+                   "table needs the four before it)")
+    p.add_argument("--compile-reserve-s", type=float, default=120, help="seconds that must be left to start a "
                    "torch.compile figure (its compilation)")
     return p.parse_args(argv)
 
@@ -462,6 +465,8 @@ def main(argv=None) -> int:
             "table": lambda: bench_table(args, size, figures, report),
         }
         for name, run in sections.items():
+            if name not in args.only:
+                continue
             if left() <= 0:
                 report.data["skipped"].append(f"{name}: the budget ({args.budget_s:g} s) is spent")
                 print(f"({name}: skipped, the budget of {args.budget_s:g} s is spent)", flush=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+import json
 import os
 import subprocess
 import sys
@@ -105,9 +106,10 @@ def device_site(folder: Path) -> None:
 
 
 def check(folder: Path) -> None:
-    """The GPU machine's install rehearsed: a fresh venv whose only packages are links to DEVICE's (a .pth),
-    the wheels installed with --no-index, then the check's imports and gpu.py --tiny (the machine's Python
-    is 3.12, this one may differ: only pyyaml's wheel depends on it)."""
+    """The GPU machine's command rehearsed: a fresh venv whose only packages are links to DEVICE's (a .pth),
+    then benchmarks/gpu_check.sh in it with --tiny: the wheels installed with --no-index, the CUDA tests
+    (skipped without a GPU: their imports and collection are what is checked), gpu.py; then the package's
+    imports. The machine's Python is 3.12, this one may differ: only pyyaml's wheel depends on it."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "device").mkdir()
@@ -117,21 +119,22 @@ def check(folder: Path) -> None:
         site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                               check=True, capture_output=True, text=True).stdout.strip()
         (Path(site) / "device.pth").write_text(str(tmp / "device") + "\n")
-        alone = {**os.environ, "PIP_CONFIG_FILE": os.devnull}  # no find-links or index of this machine's pip.conf
+        alone = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_INDEX_URL",
+                                                                  "PIP_EXTRA_INDEX_URL")}
+        alone["PIP_CONFIG_FILE"] = os.devnull  # the wheels and nothing else: no find-links of this machine's
         # a 3.12 venv has pip alone; an older one also has its own old setuptools, which would hide DEVICE's
         subprocess.run([py, "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=False, env=alone)
-        subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(folder), "-r",
-                        str(folder / "requirements.txt")], check=True, env=alone)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         imports = ("import bench.cli, bench.job, bench.methods.flow, bench.sweep.status, hydra, "
                    "hydra_plugins.hydra_submitit_launcher, submitit, zuko, pytest")
-        subprocess.run([py, "-c", imports], check=True, env=env, cwd=ROOT)
-        subprocess.run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda or not cuda",
-                        "tests/test_cuda.py", "-k", "stacked and sgd"], check=True, env=env, cwd=ROOT)
-        subprocess.run([py, "benchmarks/gpu.py", "--tiny", "--workers", "0", "--config-workers", "0", "--out",
-                        str(tmp / "out")], check=True, env=env, cwd=ROOT)
-    print(f"{folder}: installed offline beside the GPU machine's packages; the check's imports, a CUDA test file "
-          "and gpu.py --tiny ran")
+        env = alone | {"PYTHON": str(py), "VENV": "", "OUT": str(tmp / "out"), "LIMIT_S": "400", "OMP_NUM_THREADS": "1"}
+        # the GPU machine's command itself, but its venv: install, CUDA tests (skipped here), gpu.py --tiny
+        subprocess.run(["sh", "benchmarks/gpu_check.sh", "--tiny", "--workers", "0", "--config-workers", "0"],
+                       check=True, env=env, cwd=ROOT)
+        subprocess.run([py, "-c", imports], check=True, env=env | {"PYTHONPATH": str(ROOT)}, cwd=ROOT)
+        report = json.loads((tmp / "out" / "gpu.json").read_text())
+        if report["errors"] or "skipped" not in (tmp / "out" / "cuda-tests.txt").read_text():
+            raise SystemExit(f"the rehearsal failed: {report['errors'] or 'the CUDA tests did not run'}")
+    print(f"{folder}: installed offline beside the GPU machine's packages; benchmarks/gpu_check.sh --tiny ran")
 
 
 def main() -> None:
