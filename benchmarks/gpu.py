@@ -66,8 +66,8 @@ class Report:
     """The figures: one printed line each, all of them in the JSON."""
 
     def __init__(self, out: Path, machine: dict, sizes: dict):
-        self.path, self.data, self.start = out / "gpu.json", {"machine": machine, "sizes": sizes, "figures": {},
-                                                               "skipped": []}, time.perf_counter()
+        self.path, self.start = out / "gpu.json", time.perf_counter()
+        self.data = {"machine": machine, "sizes": sizes, "figures": {}, "skipped": [], "errors": {}}
         out.mkdir(parents=True, exist_ok=True)
 
     def add(self, name: str, value, unit: str, what: str, **extra) -> None:
@@ -211,7 +211,12 @@ def bench_extraction(args, size: dict, device: torch.device, report: Report, tmp
                "already on the device (float16 autocast and channels_last on a GPU)")
     report.add("extraction_config_workers_images_per_s", rates[args.config_workers], "images/s",
                f"as extraction_images_per_s with conf/config.yaml's extract.num_workers = {args.config_workers}")
-    gpu = gpu_decode_rate(images.items, model, pre, batch=batch, device=device)
+    try:  # the alternative; its failure (an older torchvision, no nvJPEG) leaves the figures above standing
+        gpu = gpu_decode_rate(images.items, model, pre, batch=batch, device=device)
+    except Exception as err:
+        log.exception("decoding on the device failed")
+        report.data["errors"]["extraction_gpu_decode"] = f"{type(err).__name__}: {err}"
+        return e2e
     report.add("extraction_gpu_decode_images_per_s", gpu, "images/s", "read the files, decode_jpeg on "
                f"{device.type}, resize + crop + normalise there, then the model: the alternative to the loader",
                ratio=gpu / rate_bare)
@@ -370,19 +375,19 @@ def bench_finetune(args, size: dict, device: torch.device, report: Report, tmp: 
     report.add("finetune_loop_images_per_s", loop, "images/s", "bench.finetune.loop.train as a run calls it "
                f"(views from 256 px pictures in {args.workers} loader workers, channels_last and bfloat16 on a "
                f"GPU, no torch.compile), {size['arch']}, {size['input']} px, batch {size['ft_batch']}")
-    for compiled in (False, True):
-        for cl in (False, True):
-            name = f"finetune_step{'_channels_last' if cl else ''}{'_compiled' if compiled else ''}_images_per_s"
-            if compiled and left() < args.compile_reserve_s:
-                report.data["skipped"].append(f"{name}: {left():.0f} s left, a compilation needs "
-                                              f"--compile-reserve-s {args.compile_reserve_s}")
-                print(f"[{name}] skipped: {left():.0f} s left of the budget", flush=True)
-                continue
-            rate, first = step_rate(size["arch"], size, device, channels_last=cl, compiled=compiled,
-                                    backend=size["compile_backend"])
-            report.add(name, rate, "images/s", f"a bare training step ({what}), channels_last {cl}, torch.compile "
-                       f"{compiled}" + (f" (backend {size['compile_backend']})" if compiled else ""),
-                       first_3_steps_seconds=first)
+    # the compiled ones last (a compilation takes a minute or more), the loop's own layout (channels_last) first
+    for compiled, cl in ((False, False), (False, True), (True, True), (True, False)):
+        name = f"finetune_step{'_channels_last' if cl else ''}{'_compiled' if compiled else ''}_images_per_s"
+        if compiled and left() < args.compile_reserve_s:
+            report.data["skipped"].append(f"{name}: {left():.0f} s left, a compilation needs "
+                                          f"--compile-reserve-s {args.compile_reserve_s}")
+            print(f"[{name}] skipped: {left():.0f} s left of the budget", flush=True)
+            continue
+        rate, first = step_rate(size["arch"], size, device, channels_last=cl, compiled=compiled,
+                                backend=size["compile_backend"])
+        report.add(name, rate, "images/s", f"a bare training step ({what}), channels_last {cl}, torch.compile "
+                   f"{compiled}" + (f" (backend {size['compile_backend']})" if compiled else ""),
+                   first_3_steps_seconds=first)
     return loop
 
 
@@ -453,7 +458,7 @@ def main(argv=None) -> int:
     report = Report(args.out, machine(device), size)
     print("machine: " + ", ".join(f"{k} {v}" for k, v in report.data["machine"].items()), flush=True)
     left = lambda: args.budget_s - (time.perf_counter() - report.start)
-    figures, errors = {}, report.data.setdefault("errors", {})
+    figures, errors = {}, report.data["errors"]
     with tempfile.TemporaryDirectory() as tmp:
         sections = {
             "extraction": lambda: figures.update(extraction_images_per_s=bench_extraction(

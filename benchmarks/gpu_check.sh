@@ -2,7 +2,8 @@
 # The GPU check on the GPU machine, which has no network (docs/performance.md, "The GPU check"): the wheels
 # that `make gpu-wheels` gathered (carried as wheels/) installed offline, the CUDA tests (tests/test_cuda.py,
 # pytest -m cuda), then benchmarks/gpu.py with what is left of LIMIT_S seconds (default 520: the whole
-# command fits one 540 s call). Everything is written under $OUT (else results/gpu): install.txt,
+# command fits one 540 s call; TESTS=0 leaves the tests out; arguments go to gpu.py). Everything is written
+# under $OUT (else results/gpu): install.txt,
 # cuda-tests.txt + cuda-tests.xml (the recorded peak memories and gaps are properties there), gpu.txt, gpu.json.
 set -u
 start=$(date +%s)
@@ -35,11 +36,14 @@ echo "install: exit $status, $(elapsed) s ($py, $($py -V 2>&1))"
 if [ $status -ne 0 ]; then tail -20 "$out/install.txt"; exit 1; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 
-timeout 200 $py -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_cuda.py --junitxml="$out/cuda-tests.xml" \
-    >"$out/cuda-tests.txt" 2>&1
-tests=$?
-echo "cuda tests: exit $tests, $(elapsed) s"
-grep -E "passed|failed|error|skipped|^FAILED|^ERROR|^E  " "$out/cuda-tests.txt" | tail -25
+tests=0
+if [ "${TESTS:-1}" = 1 ]; then  # TESTS=0: gpu.py alone (a second call, e.g. with --only finetune)
+    timeout 200 $py -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_cuda.py \
+        --junitxml="$out/cuda-tests.xml" >"$out/cuda-tests.txt" 2>&1
+    tests=$?
+    echo "cuda tests: exit $tests, $(elapsed) s"
+    grep -E "passed|failed|error|skipped|^FAILED|^ERROR|^E  " "$out/cuda-tests.txt" | tail -25
+fi
 
 left=$(( limit - $(elapsed) ))
 echo "gpu.py: ${left} s left, its budget $(( left - 60 )) s"

@@ -76,10 +76,11 @@ def same_pick(a: dict, b: dict, val_size: int) -> bool:
                for out, other in ((a, b), (b, a)))
 
 
-def agreement(low: dict, high: dict, *, device) -> tuple[float, bool, dict, dict]:
-    """(smallest row cosine over every split, whether the probe picks the same penalty, both probes' picks)."""
+def agreement(low: dict, high: dict) -> tuple[float, bool, dict, dict]:
+    """(smallest row cosine over every split, whether the probe picks the same penalty, both probes' picks).
+    The probes run on the CPU (in float64 there): what is compared is the features, not the probe's device."""
     cos = min(row_cosines(low[s][0], high[s][0]).min().item() for s in high)
-    a, b = probe_curve(low, device=device), probe_curve(high, device=device)
+    a, b = probe_curve(low, device="cpu"), probe_curve(high, device="cpu")
     return cos, same_pick(a, b, len(high["val"][1])), a["chosen"], b["chosen"]
 
 
@@ -100,11 +101,11 @@ def test_agreement_passes_float16_rounding_and_catches_a_real_change(tmp_path):
     features with noise of a tenth of their spread do not."""
     high = extracted("test_resnet", torch.device("cpu"), tmp_path, amp=False)
     rounded = {s: (X.half().float(), y) for s, (X, y) in high.items()}
-    cos, same, *_ = agreement(rounded, high, device="cpu")
+    cos, same, *_ = agreement(rounded, high)
     assert cos >= COSINE_MIN and same
     gen = torch.Generator().manual_seed(0)
     noisy = {s: (X + 0.1 * X.std() * torch.randn(X.shape, generator=gen), y) for s, (X, y) in high.items()}
-    assert agreement(noisy, high, device="cpu")[0] < COSINE_MIN
+    assert agreement(noisy, high)[0] < COSINE_MIN
 
 
 @cuda
@@ -120,7 +121,7 @@ def test_float16_extraction_agrees_with_float32_on_cuda(backbone_name, size, tmp
     torch.cuda.reset_peak_memory_stats(device)
     low = extracted(backbone_name, device, tmp_path, amp=True, size=size)
     record_property("peak_memory_bytes_float16_extraction", torch.cuda.max_memory_allocated(device))
-    cos, same, pick_low, pick_high = agreement(low, high, device=device)
+    cos, same, pick_low, pick_high = agreement(low, high)
     record_property("smallest_cosine", cos)
     record_property("picks_float16_float32", f"{pick_low} {pick_high}")
     assert cos >= COSINE_MIN, f"float16 vs float32: smallest cosine {cos:.6f}"

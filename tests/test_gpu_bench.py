@@ -19,7 +19,7 @@ FIGURES = ["extraction_images_per_s", "extraction_bare_images_per_s", "extractio
            "extraction_gpu_decode_images_per_s", "probe_seconds",
            *(f"method_{m}_seconds_per_point" for m in gpu.METHODS), "finetune_loop_images_per_s",
            "finetune_step_images_per_s", "finetune_step_channels_last_images_per_s",
-           "finetune_step_compiled_images_per_s", "finetune_step_channels_last_compiled_images_per_s",
+           "finetune_step_channels_last_compiled_images_per_s", "finetune_step_compiled_images_per_s",
            "table_feature_gpu_hours", "table_finetune_gpu_hours"]
 
 
