@@ -20,13 +20,16 @@ if [ ! -f wheels/requirements.txt ]; then
     echo "wheels/requirements.txt is missing: run 'make gpu-wheels' where there is network and carry wheels/"
     exit 2
 fi
-if [ -n "$venv" ] && $py -m venv --system-site-packages "$venv" >"$out/install.txt" 2>&1; then
+if [ -n "$venv" ] && $py -m venv --system-site-packages "$venv" >"$out/install.txt" 2>&1 \
+        && "$venv/bin/python" -c "import torch, timm" >>"$out/install.txt" 2>&1; then
     py=$venv/bin/python  # the machine's torch, timm ... are seen through --system-site-packages
-fi
-if [ -n "$venv" ] && [ "$py" != "$venv/bin/python" ]; then  # no venv module: a folder of their own, first
-    $py -m pip install --no-index --no-deps --target .gpu-site wheels/*-py3-none-any.whl \
-        wheels/*-cp312-*.whl >>"$out/install.txt" 2>&1
-    export PYTHONPATH="$PWD/.gpu-site"
+fi  # else (no venv module, or a python3 that is itself a venv's, whose packages a new venv does not see):
+if [ -n "$venv" ] && [ "$py" != "$venv/bin/python" ]; then  # the wheels into a folder of their own, first
+    site=${SITE:-$PWD/.gpu-site}
+    tag=$($py -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+    $py -m pip install --no-index --no-deps --target "$site" wheels/*-py3-none-any.whl \
+        wheels/*-"$tag"-*.whl >>"$out/install.txt" 2>&1
+    export PYTHONPATH="$site"
 else
     $py -m pip install --no-index --find-links wheels -r wheels/requirements.txt >>"$out/install.txt" 2>&1
 fi

@@ -131,6 +131,13 @@ def check(folder: Path) -> None:
         subprocess.run(["sh", "benchmarks/gpu_check.sh", "--tiny", "--workers", "0", "--config-workers", "0"],
                        check=True, env=env, cwd=ROOT)
         subprocess.run([py, "-c", imports], check=True, env=env | {"PYTHONPATH": str(ROOT)}, cwd=ROOT)
+        # its other way: a venv that cannot see DEVICE's packages (python3 itself a venv's), so the wheels go
+        # into a folder on PYTHONPATH; one section of gpu.py
+        fallback = env | {"VENV": str(tmp / "venv2"), "SITE": str(tmp / "site"), "OUT": str(tmp / "out2")}
+        subprocess.run(["sh", "benchmarks/gpu_check.sh", "--tiny", "--only", "probe"], check=True, env=fallback,
+                       cwd=ROOT)
+        if "(.gpu-venv" in (tmp / "out2" / "install.txt").read_text() or not (tmp / "site" / "hydra").is_dir():
+            raise SystemExit("the rehearsal of the --target install did not install into its folder")
         report = json.loads((tmp / "out" / "gpu.json").read_text())
         if report["errors"] or "skipped" not in (tmp / "out" / "cuda-tests.txt").read_text():
             raise SystemExit(f"the rehearsal failed: {report['errors'] or 'the CUDA tests did not run'}")
