@@ -169,7 +169,7 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
         if problem is None:
             log.info("skipping: a record of this run exists at %s", path)
             return None
-        log.warning("the record %s cannot be used (%s): running the cell again", path, problem)
+        temps.set_aside(path, problem, "record")  # named, kept as <name>.damaged, and the cell runs again
     data, entries = (dataset.splits, {}) if isinstance(dataset, FeatureSet) else \
         ({}, {}) if images else extract_all(config, backbone, dataset, device, timings)
     seeds = list(range(config["seeds"])) if method["stochastic"] else [0]
