@@ -1,7 +1,8 @@
 """Feature extraction, once per (weights, preprocessing, dataset, split), into an on-disk cache.
 
 An entry's key is the sha256 of everything that changes the features: the backbone's weight hash
-and architecture, its preprocessing, the dataset and the split's (item, label) fingerprint. Entries
+and architecture, its preprocessing, the dataset and the split's fingerprint (its items and labels and
+each image file's size and modification time, or its bytes: `ImageList.fingerprint`). Entries
 are written under a temporary name and renamed, under a file lock, so a killed job never leaves a
 corrupt entry and concurrent jobs on the same cell extract once, on one machine or many (the lock is a
 lease file, which works on a network file system; a lease its holder stopped renewing is taken over).
@@ -37,9 +38,10 @@ def uses_amp(device: torch.device, amp: bool = True) -> bool:
     return amp and torch.device(device).type == "cuda"
 
 
-def key(backbone: Backbone, dataset: str, split: ImageList, *, amp: bool) -> str:
+def key(backbone: Backbone, dataset: str, split: ImageList, *, amp: bool, fingerprint: str | None = None) -> str:
+    """The entry's key; `fingerprint`: the split's, when the caller has it (`ImageList.fingerprint`)."""
     facts = {"version": VERSION, "weights": backbone.weights_sha256, "model": type(backbone.model).__name__,
-             "preprocess": backbone.preprocess, "dataset": dataset, "split": split.fingerprint(),
+             "preprocess": backbone.preprocess, "dataset": dataset, "split": fingerprint or split.fingerprint(),
              "source": split.source, "amp": amp}
     return digest(facts)
 
@@ -159,14 +161,15 @@ def hold(lock_path: str, *, stale_s: float, what: str):
 
 def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList, *, cache_dir: Path,
            batch_size: int, num_workers: int, device: torch.device,
-           amp: bool = True, lock_stale_s: float = 120.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+           amp: bool = True, lock_stale_s: float = 120.0,
+           fingerprint: str | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(features, labels, info) of one split, from the cache or extracted once and stored.
 
     A damaged entry (unreadable, checksum mismatch, NaN) is removed under the lock and extracted again.
     On a GPU extraction runs under float16 autocast unless `amp` is false: those features are cached apart
     from float32 ones."""
     amp = uses_amp(device, amp)
-    digest = key(backbone, dataset, images, amp=amp)
+    digest = key(backbone, dataset, images, amp=amp, fingerprint=fingerprint)
     path = Path(cache_dir).expanduser() / "features" / dataset / backbone.name / f"{split_name}-{digest[:24]}.pt"
     temps.make_dir(path.parent, "feature cache folder")
     info = {"key": digest, "path": str(path), "amp_float16": amp}

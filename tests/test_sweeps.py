@@ -110,7 +110,7 @@ def test_status_of_a_half_finished_sweep(seabench, tmp_path):
         pid = os.getpid() if config["dataset"]["name"] == "digits" else dead
         path.write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "job": "42", "start": time.time()}))
     out = seabench("status", *sweep).stdout.splitlines()
-    assert out[-1] == "4 cells: 1 done, 1 running, 1 failed, 1 missing"
+    assert out[-1] == "4 cells: 1 done, 0 stale, 1 running, 1 failed, 1 missing"
     by_cell = {" ".join(line.split()[1:3]): line for line in out[:-1]}
     assert by_cell["dataset=digits seeds=1"].startswith("done") and ".json" in by_cell["dataset=digits seeds=1"]
     assert by_cell["dataset=dtd seeds=1"].startswith("failed") and "dtd is not on disk" in by_cell["dataset=dtd seeds=1"]
@@ -121,7 +121,7 @@ def test_status_of_a_half_finished_sweep(seabench, tmp_path):
     assert len(rerun) == 1 and rerun[0].startswith("seabench run -m dataset=dtd backbone=pixels seeds=1 ")
     # with no overrides: the sweep last started under results/ (the dtd one above)
     last = seabench("status").stdout.splitlines()
-    assert last[-1] == "1 cells: 0 done, 0 running, 1 failed, 0 missing"
+    assert last[-1] == "1 cells: 0 done, 0 stale, 0 running, 1 failed, 0 missing"
 
 
 def test_threads_come_from_the_allocation_and_are_shared(monkeypatch):

@@ -93,10 +93,22 @@ def read(path: Path) -> dict | None:
         return None
 
 
-def state(config: dict, done: dict[str, str]) -> tuple[str, str]:
-    """(done | running | failed | missing, detail) of one cell; `done` maps cell keys to record paths."""
-    if (record := done.get(results.cell_key(config))) is not None:
-        return "done", record
+def state(config: dict, done: dict[str, list[dict]], stale=None) -> tuple[str, str]:
+    """(done | stale | running | failed | missing, detail) of one cell; `done` maps cell keys to their records
+    (newest first, each with its "path"). `stale(config, record)` says why a record is not what a run would
+    sign now (bench.job.checker: data, weights file, device), None when it is; without it every record of
+    the cell counts. A record found stale leaves the cell `stale` unless a job runs it now."""
+    found, why = done.get(results.cell_key(config), []), None
+    for record in found:
+        try:
+            reason = stale(config, record) if stale else None
+        except UserError as err:  # no data to compare with: the record stands, said so
+            tidy(config)
+            return "done", f"{record['path']} (not checked against its data: {err})"
+        if reason is None:
+            tidy(config)
+            return "done", record["path"]
+        why = why or reason  # the newest record's
     base = stem(config)
     marker_path = base.with_suffix(".running")
     if (marker := read(marker_path)) is not None:
@@ -110,18 +122,38 @@ def state(config: dict, done: dict[str, str]) -> tuple[str, str]:
             return "running", f"{who}, for {since} min"
         stopped = f"its job ({who}) stopped without a record"
         failure = read(base.with_suffix(".failed"))
-        return ("failed", failure["reason"]) if failure else ("missing", stopped)
+        if failure:
+            return "failed", failure["reason"]
+        return ("stale", f"{found[0]['path']}: {why}") if found else ("missing", stopped)
     if (failure := read(base.with_suffix(".failed"))) is not None:
         return "failed", failure.get("reason", "no reason recorded")
-    return "missing", ""
+    return ("stale", f"{found[0]['path']}: {why}") if found else ("missing", "")
 
 
-def records(results_dir: Path) -> dict[str, str]:
-    """Cell key -> record path, for every record under results_dir (older records: keyed from their config)."""
-    out = {}
+def tidy(config: dict) -> None:
+    """A done cell's leftover `.running` marker (its job killed after the record was written, or the cell run
+    again outside the sweep) goes, unless its job still runs."""
+    path = stem(config).with_suffix(".running")
+    if (marker := read(path)) is None:
+        return
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return
+    if not alive(marker, age):
+        path.unlink(missing_ok=True)
+
+
+def records(results_dir: Path) -> dict[str, list[dict]]:
+    """Cell key -> the cell's records under results_dir, newest first (older records: keyed from their config)."""
+    out: dict[str, list[dict]] = {}
     for record in results.load_all(Path(results_dir)):
         try:
-            out[record.get("cell") or results.cell_key(record["config"])] = record["path"]
+            key = record.get("cell") or results.cell_key(record["config"])
         except (KeyError, TypeError):  # not a record of a run (no config): nothing of a cell
             log.warning("%s is not a run record; status ignores it", record["path"])
+            continue
+        out.setdefault(key, []).append(record)
+    for found in out.values():
+        found.sort(key=lambda r: str(r.get("created")), reverse=True)
     return out
