@@ -254,50 +254,67 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
                    "checkpoint": backbone.provenance}
     method, prot = config["method"], config["protocol"]
     sig, path = identity(config, dataset.name, splits, weights.get("weights_sha256"), device)
-    if path.exists() and config["skip_existing"]:
-        _, problem = results.read(path)
-        if problem is None:
-            log.info("skipping: a record of this run exists at %s", path)
+    if reusable(path, config):
+        return None
+    # the cell is claimed (a lease on `<record>.claim` with this job's pid and host, renewed while it runs): an
+    # identical run started meanwhile waits, then reuses the record; a claim whose owner died is taken over
+    temps.make_dir(path.parent, "results folder")
+    with features.hold(f"{path}.claim", stale_s=config["extract"].get("lock_stale_s", 120.0),
+                       what=f"the run of this cell ({path.name})"):
+        if reusable(path, config, waited=True):
             return None
-        temps.set_aside(path, problem, "record")  # named, kept as <name>.damaged, and the cell runs again
-    data, entries = (dataset.splits, {}) if isinstance(dataset, FeatureSet) else \
-        ({}, {}) if images else extract_all(config, backbone, dataset, device, timings, splits)
-    seeds = list(range(config["seeds"])) if method["stochastic"] else [0]
-    options = {k: v for k, v in prot.items() if k != "name"}
-    if prot["name"] in ("selection", "augself"):
-        options["grid"] = method["grid"]
-    work_dir, stages, costs = Path(config["cache_dir"]).expanduser() / "finetune" / sig[:24], {}, {}
-    with timed(timings, "fit"):
+        data, entries = (dataset.splits, {}) if isinstance(dataset, FeatureSet) else \
+            ({}, {}) if images else extract_all(config, backbone, dataset, device, timings, splits)
+        seeds = list(range(config["seeds"])) if method["stochastic"] else [0]
+        options = {k: v for k, v in prot.items() if k != "name"}
+        if prot["name"] in ("selection", "augself"):
+            options["grid"] = method["grid"]
+        work_dir, stages, costs = Path(config["cache_dir"]).expanduser() / "finetune" / sig[:24], {}, {}
+        with timed(timings, "fit"):
+            if images:
+                outcome = finetune_outcome(config, backbone, dataset, device=device, seeds=seeds,
+                                           num_classes=num_classes, work_dir=work_dir, cost=stages)
+            else:
+                fit, costs = method_fit(method["module"], cache_dir=Path(config["cache_dir"]))
+                outcome = protocol.PROTOCOLS[prot["name"]](
+                    fit, data, params=method["params"], seeds=seeds,
+                    metric=config["dataset"]["metric"], num_classes=num_classes, device=device, **options)
+                timings.update(costs.pop("timings", {}))  # parts of the fit a method times itself (a flow's fit)
+        record = {"protocol_version": protocol.VERSION, "signature": sig, "cell": cell, "config": config,
+                  "dataset": dataset.name,
+                  "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
+                  "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
+                  "backbone_overrides": list(backbone_overrides), "num_classes": num_classes, "splits": splits,
+                  "features": entries, **weights, **outcome, "warnings": list(dataset.warnings),
+                  **({"method_costs": costs} if costs else {}),
+                  "split_rule": augself.rule(dataset.name) if prot.get("split") == "augself" else "canonical",
+                  "timings": timings, "device": str(device),
+                  "precision": precision(device, config["extract"].get("amp", True)),
+                  "provenance": results.provenance(device),
+                  "cost": cost_record(device, timings, entries, stages.get("stages")),
+                  **({"finetune_runs": stages.get("runs", [])} if images else {}),
+                  "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}  # orders a cell's records
+        results.write(path, record)
         if images:
-            outcome = finetune_outcome(config, backbone, dataset, device=device, seeds=seeds,
-                                       num_classes=num_classes, work_dir=work_dir, cost=stages)
-        else:
-            fit, costs = method_fit(method["module"], cache_dir=Path(config["cache_dir"]))
-            outcome = protocol.PROTOCOLS[prot["name"]](
-                fit, data, params=method["params"], seeds=seeds,
-                metric=config["dataset"]["metric"], num_classes=num_classes, device=device, **options)
-            timings.update(costs.pop("timings", {}))  # parts of the fit a method times itself (a flow's fit)
-    record = {"protocol_version": protocol.VERSION, "signature": sig, "cell": cell, "config": config,
-              "dataset": dataset.name,
-              "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
-              "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
-              "backbone_overrides": list(backbone_overrides), "num_classes": num_classes, "splits": splits,
-              "features": entries, **weights, **outcome, "warnings": list(dataset.warnings),
-              **({"method_costs": costs} if costs else {}),
-              "split_rule": augself.rule(dataset.name) if prot.get("split") == "augself" else "canonical",
-              "timings": timings, "device": str(device),
-              "precision": precision(device, config["extract"].get("amp", True)),
-              "provenance": results.provenance(device),
-              "cost": cost_record(device, timings, entries, stages.get("stages")),
-              **({"finetune_runs": stages.get("runs", [])} if images else {}),
-              "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}  # orders a cell's records
-    results.write(path, record)
-    if images:
-        from bench import finetune
+            from bench import finetune
 
-        finetune.clean(work_dir, keep=config["finetune"]["keep_checkpoints"])
-    report(record, path)
-    return path
+            finetune.clean(work_dir, keep=config["finetune"]["keep_checkpoints"])
+        report(record, path)
+        return path
+
+
+def reusable(path: Path, config: dict, waited: bool = False) -> bool:
+    """Whether the cell's record at `path` is there to reuse (skip_existing); one that cannot be used is set
+    aside (named, kept as <name>.damaged) and the cell runs again."""
+    if not (config["skip_existing"] and path.exists()):
+        return False
+    _, problem = results.read(path)
+    if problem is None:
+        log.info("skipping: %s record of this run exists at %s",
+                 "while this job waited for the cell, another wrote a" if waited else "a", path)
+        return True
+    temps.set_aside(path, problem, "record")
+    return False
 
 
 def method_fit(module: str, *, cache_dir: Path):
