@@ -107,7 +107,7 @@ def dispatch(argv: list[str]) -> int:
 
 def start_sweep(argv: list[str]):
     """Before a sweep launches: its cells, counted and printed; the local launcher's jobs share the cores."""
-    from bench.sweep import allocation, status
+    from bench.sweep import allocation, cells, status
 
     sweep = status.expand([a for a in argv if a not in ("-m", "--multirun")])
     found = [state for state, _ in status.states(sweep, job_checker())]
@@ -116,6 +116,7 @@ def start_sweep(argv: list[str]):
           + (f" ({stale} of them over a stale record: `seabench status` says why)" if stale else ""), flush=True)
     if sweep.launcher.endswith("LocalLauncher"):  # submitit's local executor: `batch` processes at once
         os.environ[allocation.PARALLEL_ENV] = str(min(sweep.batch or len(sweep.configs), len(sweep.configs)))
+        os.environ[cells.SWEEP_ENV] = str(os.getpid())  # its jobs stop when this process is killed
     return sweep
 
 

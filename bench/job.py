@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench import UserError, backbones, features, protocol, results, temps
+from bench import UserError, backbones, features, locks, protocol, results, temps
 from bench.config import validate
 from bench.data import FeatureSet, Task, augself
 
@@ -259,7 +259,7 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
     # the cell is claimed (a lease on `<record>.claim` with this job's pid and host, renewed while it runs): an
     # identical run started meanwhile waits, then reuses the record; a claim whose owner died is taken over
     temps.make_dir(path.parent, "results folder")
-    with features.hold(f"{path}.claim", stale_s=config["extract"].get("lock_stale_s", 120.0),
+    with locks.hold(f"{path}.claim", stale_s=config["extract"].get("lock_stale_s", 120.0),
                        what=f"the run of this cell ({path.name})"):
         if reusable(path, config, waited=True):
             return None

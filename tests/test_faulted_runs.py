@@ -49,6 +49,13 @@ elif stage == "cache-write":  # half of an entry in its temporary
         f.flush()
         hold()
     torch.save = save
+elif stage == "after-cache-rename":  # the entry is in place, its lock not yet released
+    import bench.features as features
+    real_write_entry = features.write_entry
+    def write_entry(path, entry):
+        real_write_entry(path, entry)
+        hold()
+    features.write_entry = write_entry
 elif stage == "fit":
     import bench.methods.linear as linear
     def fit_one(*args, **kwargs):
@@ -233,3 +240,15 @@ def test_the_claim_of_a_killed_run_is_taken_over_at_once(tmp_path):
     out = run(tmp_path, "run", *CELL, "extract.lock_stale_s=600")
     assert time.monotonic() - start_s < 120 and "test top1" in out.stdout + out.stderr
     assert not claim.exists() and len(list((tmp_path / "results").rglob("*.json"))) == 1
+
+
+def test_a_kill_between_an_entrys_rename_and_its_locks_release_leaves_no_lock_behind(tmp_path):
+    proc = start(tmp_path, "after-cache-rename", "run", *CELL)
+    wait_for(tmp_path / "marker", proc)
+    (lock,) = (tmp_path / "cache" / "features").rglob("*.lock")
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert lock.exists()  # what kill -9 leaves: the entry beside its dead writer's lock
+    run(tmp_path, "run", *CELL)
+    assert not list((tmp_path / "cache").rglob("*.lock")) and temporaries(tmp_path) == []
+    assert len(list((tmp_path / "results").rglob("*.json"))) == 1

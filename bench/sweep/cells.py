@@ -8,9 +8,11 @@ still says so where `seabench status` looks: `runs/<dataset>/<backbone>/<method>
 
 from __future__ import annotations
 
+import _thread
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -22,6 +24,8 @@ from bench import UserError, results
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0  # a running cell touches its marker this often
+WATCH_S = 1.0  # under a local launcher, a job looks this often whether its sweep still runs
+SWEEP_ENV = "SEABENCH_SWEEP_PID"  # set by `seabench run -m` under a local launcher: the sweep's process
 STALE_S = 120.0  # a marker from another host untouched this long is a job that died (kill -9, node lost)
 
 
@@ -38,17 +42,31 @@ def whoami() -> dict:
 
 @contextmanager
 def running(config: dict):
-    """Mark the cell running (with a heartbeat) while the block runs; the marker goes when it ends."""
+    """Mark the cell running (with a heartbeat) while the block runs; the marker goes when it ends. Under a
+    local launcher (`SWEEP_ENV` names the sweep's process), a job whose sweep is gone (killed) stops too."""
     path = stem(config).with_suffix(".running")
     results.write_text(path, json.dumps({**whoami(), "start": time.time()}))
     stop = threading.Event()
+    sweep = int(os.environ[SWEEP_ENV]) if os.environ.get(SWEEP_ENV, "").isdigit() else None
+    previous = watch_interrupts() if sweep not in (None, os.getpid()) else None
+    watching = previous is not None
 
     def beat():
-        while not stop.wait(HEARTBEAT_S):
-            try:
-                os.utime(path)
-            except OSError:  # the marker was removed (a reset results dir): nothing to keep alive
+        last = time.monotonic()
+        while not stop.wait(WATCH_S if watching else HEARTBEAT_S):
+            if watching and gone(sweep):
+                log.warning("the sweep that started this job (pid %d) is gone: stopping this job too (its cell "
+                            "has no record; run the sweep again)", sweep)
+                _thread.interrupt_main()  # a KeyboardInterrupt where the job is: every `finally` runs
+                if not stop.wait(60.0):  # a job stuck in a call that ignores it
+                    os._exit(130)
                 return
+            if time.monotonic() - last >= HEARTBEAT_S:
+                last = time.monotonic()
+                try:
+                    os.utime(path)
+                except OSError:  # the marker was removed (a reset results dir): nothing to keep alive
+                    return
 
     thread = threading.Thread(target=beat, daemon=True, name="seabench-heartbeat")
     thread.start()
@@ -57,6 +75,34 @@ def running(config: dict):
     finally:
         stop.set()
         path.unlink(missing_ok=True)
+        if watching:
+            signal.signal(signal.SIGINT, previous)
+
+
+def watch_interrupts():
+    """Python's own SIGINT handler for the block (a job started with SIGINT ignored would not see
+    `interrupt_main`); the handler it replaces, or None where none can be set (not the main thread)."""
+    try:
+        return signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:
+        return None
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` of this host has ended (a zombie, ended but not yet reaped, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
 
 
 def fail(config: dict, reason: str, overrides: list[str]) -> None:
