@@ -313,7 +313,7 @@ def reusable(path: Path, config: dict, waited: bool = False) -> bool:
         log.info("skipping: %s record of this run exists at %s",
                  "while this job waited for the cell, another wrote a" if waited else "a", path)
         return True
-    temps.set_aside(path, problem, "record")
+    temps.set_aside(path, problem, "record", "running the cell again")
     return False
 
 

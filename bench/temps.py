@@ -134,7 +134,7 @@ def remove_own() -> None:
         OWN.discard(tmp)
 
 
-def set_aside(path: Path, why: str, what: str) -> Path | None:
+def set_aside(path: Path, why: str, what: str, then: str = "making it again") -> Path | None:
     """Rename a damaged file (a record, a checkpoint, a cache entry) to `<name>.damaged`: kept for a look,
     no longer read; one log line names it. The caller makes it again. None when it cannot be renamed (a
     read-only folder): then it stays, named in the log line, and is overwritten when made again."""
@@ -144,5 +144,5 @@ def set_aside(path: Path, why: str, what: str) -> Path | None:
     except OSError as err:
         log.warning("the %s %s cannot be used (%s) and could not be set aside (%s)", what, path, why, err)
         return None
-    log.warning("the %s %s cannot be used (%s): set aside as %s, making it again", what, path, why, aside.name)
+    log.warning("the %s %s cannot be used (%s): set aside as %s, %s", what, path, why, aside.name, then)
     return aside

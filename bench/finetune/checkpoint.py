@@ -80,7 +80,7 @@ def load(path: Path) -> dict | None:
                               weights_only=False)
         except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
             problem = f"it cannot be read ({err})"
-    temps.set_aside(path, problem, "fine-tuning checkpoint")
+    temps.set_aside(path, problem, "fine-tuning checkpoint", "training again")
     return None
 
 
