@@ -114,3 +114,19 @@ def test_a_checkpoint_replaced_in_place_or_a_record_of_another_device_is_stale(s
     results.write(path, record | {"precision": {"device": "cuda", "extract": "float16 autocast"}})
     line = status_of(seabench, args)[0]
     assert line.startswith("stale") and "it was made on cuda (float16 autocast), a run now uses cpu" in line, line
+
+
+def test_fingerprint_is_stat_or_content(seabench, tmp_path):
+    out = seabench("run", "dataset=digits", "backbone=pixels", "fingerprint=sha", check=False)
+    assert out.returncode == 2 and "fingerprint must be stat or content, not 'sha'" in out.stderr
+
+
+def test_fingerprint_content_runs_and_is_signed_apart(seabench, tmp_path):
+    folder(tmp_path / "mine")
+    args = [*CELL, f"dataset.load.path={tmp_path / 'mine'}", "backbone=pixels"]
+    seabench("run", *args)
+    seabench("run", *args, "fingerprint=content")  # another fingerprint of the same data: its own record
+    assert len(list((tmp_path / "results" / "runs" / "mine" / "pixels").glob("*.json"))) == 2
+    os.utime(tmp_path / "mine" / "test" / "class0" / "0.png", ns=(0, 10**18))  # touched, the same bytes
+    assert status_of(seabench, [*args, "fingerprint=content"])[0].startswith("done")
+    assert status_of(seabench, args)[0].startswith("stale")

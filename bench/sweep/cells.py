@@ -4,6 +4,7 @@ A cell is identified by the hash of its signed config (backbone, dataset, method
 known before any work, so a run that fails before its record's signature exists (a dataset not on disk)
 still says so where `seabench status` looks: `runs/<dataset>/<backbone>/<method>-<protocol>-cell-<key>`
 + `.running` (JSON: host, pid, job, start; its mtime is a heartbeat) or `.failed` (JSON: the reason).
+A `.running` marker whose job is gone is removed once the cell has a record (`tidy`).
 """
 
 from __future__ import annotations
@@ -148,9 +149,9 @@ def state(config: dict, done: dict[str, list[dict]], stale=None) -> tuple[str, s
     for record in found:
         try:
             reason = stale(config, record) if stale else None
-        except UserError as err:  # no data to compare with: the record stands, said so
+        except (UserError, OSError) as err:  # no data (or device) to compare with: the record stands, said so
             tidy(config)
-            return "done", f"{record['path']} (not checked against its data: {err})"
+            return "done", f"{record['path']} (not checked: {err})"
         if reason is None:
             tidy(config)
             return "done", record["path"]
