@@ -12,6 +12,7 @@ The package, in the order a run passes through it (docs/architecture.md has the 
     methods/       the feature-space methods: tensors in, heads out
     finetune/      end-to-end training on the images, resumable
     results.py     one JSON record per run;  temps.py: atomic writes;  fetch.py: verified downloads;
+                   locks.py: leases between jobs (cache entries, a run's claim on its cell, downloads);
                    progress.py: bars and log lines
     sweep/         the cells of a multirun: markers, `seabench status`, threads per job
     report/        records -> the table, its statistics, published rows, LaTeX and figures

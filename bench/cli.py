@@ -47,7 +47,7 @@ COMMANDS = {
     "data": "bench.data.doctor:data_main",
     "doctor": "bench.data.doctor:doctor_main",
     "backbones": "bench.backbones.zoo:main",
-    "status": "bench.sweep.status:status_main",
+    "status": "bench.cli:status_main",
 }
 
 
@@ -107,13 +107,16 @@ def dispatch(argv: list[str]) -> int:
 
 def start_sweep(argv: list[str]):
     """Before a sweep launches: its cells, counted and printed; the local launcher's jobs share the cores."""
-    from bench.sweep import allocation, status
+    from bench.sweep import allocation, cells, status
 
     sweep = status.expand([a for a in argv if a not in ("-m", "--multirun")])
-    done = sum(state == "done" for state, _ in status.states(sweep))
-    print(f"sweep: {len(sweep.configs)} cells, {done} done, {len(sweep.configs) - done} to run", flush=True)
+    found = [state for state, _ in status.states(sweep, job_checker())]
+    done, stale = found.count("done"), found.count("stale")
+    print(f"sweep: {len(sweep.configs)} cells, {done} done, {len(sweep.configs) - done} to run"
+          + (f" ({stale} of them over a stale record: `seabench status` says why)" if stale else ""), flush=True)
     if sweep.launcher.endswith("LocalLauncher"):  # submitit's local executor: `batch` processes at once
         os.environ[allocation.PARALLEL_ENV] = str(min(sweep.batch or len(sweep.configs), len(sweep.configs)))
+        os.environ[cells.SWEEP_ENV] = str(os.getpid())  # its jobs stop when this process is killed
     return sweep
 
 
@@ -133,11 +136,28 @@ def run_main(argv: list[str]) -> int:
         task()
     except SystemExit:  # Hydra's own error exit, e.g. when a job died under submitit (its launcher raises)
         if sweep is not None:
-            status.report(sweep)
+            status.report(sweep, job_checker())
         raise
     if sweep is not None:
-        status.report(sweep)
+        status.report(sweep, job_checker())
     return 0
+
+
+def job_checker():
+    """bench.job.checker, imported when first used (torch: seconds): what tells a stale record (data, weights
+    file or device changed) wherever a cell's state is shown; the sweep package imports nothing of a run."""
+    def checker(**options):
+        from bench import job
+
+        return job.checker(**options)
+
+    return checker
+
+
+def status_main(argv: list[str]) -> int:
+    from bench.sweep import status
+
+    return status.status_main(argv, job_checker())
 
 
 def backbone_overrides(overrides) -> list[str]:

@@ -184,4 +184,6 @@ def validate(config: dict, method_defaults: dict | None = None) -> None:
             raise UserError(f"extract.{key} must be an integer >= {low}, not {value!r}")
     if not DEVICE.fullmatch(str(config["device"])):
         raise UserError(f"device {config['device']!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if config.get("fingerprint", "stat") not in ("stat", "content"):
+        raise UserError(f"fingerprint must be stat or content, not {config['fingerprint']!r}")
     temps.check_writable(Path(config["results_dir"]), "results_dir")

@@ -1,7 +1,8 @@
 """Feature extraction, once per (weights, preprocessing, dataset, split), into an on-disk cache.
 
 An entry's key is the sha256 of everything that changes the features: the backbone's weight hash
-and architecture, its preprocessing, the dataset and the split's (item, label) fingerprint. Entries
+and architecture, its preprocessing, the dataset and the split's fingerprint (its items and labels and
+each image file's size and modification time, or its bytes: `ImageList.fingerprint`). Entries
 are written under a temporary name and renamed, under a file lock, so a killed job never leaves a
 corrupt entry and concurrent jobs on the same cell extract once, on one machine or many (the lock is a
 lease file, which works on a network file system; a lease its holder stopped renewing is taken over).
@@ -15,16 +16,15 @@ import hashlib
 import logging
 import re
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from filelock import SoftFileLease, Timeout
 from tqdm import tqdm
 
 from bench import UserError, digest, temps
 from bench.backbones import Backbone
 from bench.data import ImageList
+from bench.locks import hold, tidy
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,10 @@ def uses_amp(device: torch.device, amp: bool = True) -> bool:
     return amp and torch.device(device).type == "cuda"
 
 
-def key(backbone: Backbone, dataset: str, split: ImageList, *, amp: bool) -> str:
+def key(backbone: Backbone, dataset: str, split: ImageList, *, amp: bool, fingerprint: str | None = None) -> str:
+    """The entry's key; `fingerprint`: the split's, when the caller has it (`ImageList.fingerprint`)."""
     facts = {"version": VERSION, "weights": backbone.weights_sha256, "model": type(backbone.model).__name__,
-             "preprocess": backbone.preprocess, "dataset": dataset, "split": split.fingerprint(),
+             "preprocess": backbone.preprocess, "dataset": dataset, "split": fingerprint or split.fingerprint(),
              "source": split.source, "amp": amp}
     return digest(facts)
 
@@ -119,54 +120,17 @@ def write_entry(path: Path, entry: dict) -> None:
         torch.save(entry, f)  # a full disk is then an OSError ("No space left"), not a RuntimeError of torch
 
 
-def holder(lock_path: str) -> str:
-    """'pid 123 on node7', read from a lock file, or 'another job' when it cannot be read."""
-    try:
-        from filelock._soft import parse_marker, read_lock_file  # filelock's reader of its own lease files
-
-        record = parse_marker(read_lock_file(lock_path)[0])
-    except (ImportError, OSError, ValueError):
-        record = None
-    return f"pid {record.pid} on {record.hostname}" if record else "another job"
-
-
-@contextmanager
-def hold(lock_path: str, *, stale_s: float, what: str):
-    """Hold the lock at `lock_path` (a lease renewed every stale_s / 3 seconds while held); say who holds it
-    while waiting. A dead holder on this host is replaced at once, one on another host after stale_s seconds
-    without a renewal (kill -9, a lost node): every job sharing the cache must use the same stale_s."""
-    lock = SoftFileLease(lock_path, lease_duration=stale_s)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        waiting, start = None, time.monotonic()
-        while True:
-            if (who := holder(lock_path)) != waiting:
-                log.info("waiting for %s to finish %s (its lock is taken over after %g s without renewal)",
-                         who, what, stale_s)
-                waiting = who
-            try:
-                lock.acquire(timeout=min(30.0, stale_s), poll_interval=0.2)
-                break
-            except Timeout:
-                continue
-        log.info("took the lock of %s after %.1f s", what, time.monotonic() - start)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList, *, cache_dir: Path,
            batch_size: int, num_workers: int, device: torch.device,
-           amp: bool = True, lock_stale_s: float = 120.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+           amp: bool = True, lock_stale_s: float = 120.0,
+           fingerprint: str | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(features, labels, info) of one split, from the cache or extracted once and stored.
 
     A damaged entry (unreadable, checksum mismatch, NaN) is removed under the lock and extracted again.
     On a GPU extraction runs under float16 autocast unless `amp` is false: those features are cached apart
     from float32 ones."""
     amp = uses_amp(device, amp)
-    digest = key(backbone, dataset, images, amp=amp)
+    digest = key(backbone, dataset, images, amp=amp, fingerprint=fingerprint)
     path = Path(cache_dir).expanduser() / "features" / dataset / backbone.name / f"{split_name}-{digest[:24]}.pt"
     temps.make_dir(path.parent, "feature cache folder")
     info = {"key": digest, "path": str(path), "amp_float16": amp}
@@ -193,6 +157,7 @@ def cached(backbone: Backbone, dataset: str, split_name: str, images: ImageList,
                 write_entry(path, entry)
                 log.info("extracted %s %s: %s -> %s", dataset, split_name, tuple(features.shape), path)
                 return features, labels, {**info, "hit": False, **cost_of(entry)}
+    tidy(str(path) + ".lock", stale_s=lock_stale_s)  # a lock its writer left (killed after the rename)
     log.info("cache hit %s %s: %s", dataset, split_name, path)
     return entry["features"], entry["labels"], {**info, "hit": True, **cost_of(entry)}
 

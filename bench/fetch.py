@@ -1,6 +1,7 @@
 """Downloads that are verified before anyone reads them: the one downloader of checkpoints and datasets.
 
-A download streams to a temporary (`bench.temps`) under a lock (`<dest>.lock`), is hashed, checked against
+A download streams to a temporary (`bench.temps`) under a lock (`<dest>.lock`, a lease that is removed when
+released and taken over when its holder is gone: `bench.locks`), is hashed, checked against
 the published hashes (if any) and only then renamed to `dest`: a killed job or a broken connection
 leaves no file under the final name. Published hashes are a mapping of algorithm to hex digest, full
 or the prefix a publisher prints (`{"md5": "a04e12f8"}`). The computed sha256 is written beside the
@@ -17,15 +18,15 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from filelock import FileLock
 from tqdm import tqdm
 
-from bench import UserError, temps
+from bench import UserError, locks, temps
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read
 TIMEOUT = 60.0  # seconds a connection may stay silent
+LOCK_STALE_S = 120.0  # seconds without renewal after which a download's lock is taken over (on another host)
 MIN_PREFIX = 8  # hex digits: the shortest published hash prefix we accept (MoCo's md5, torchvision's sha256)
 ALGORITHMS = ("sha256", "sha1", "md5")  # what publishers give (MIT67 publishes a sha1)
 RECORDED = "sha256"  # the hash every download is recorded and reported by
@@ -97,7 +98,7 @@ def download(url: str, dest: Path, *, hashes: Hashes | None = None,
     """Fetch `url` to `dest` (atomically, under a lock) and return its digests; reuse a `dest` that passes."""
     want = published(dest.name, hashes or {})
     temps.make_dir(dest.parent, "download folder")
-    with FileLock(str(lockfile(dest))):
+    with locks.hold(str(lockfile(dest)), stale_s=LOCK_STALE_S, what=f"downloading {dest.name}"):
         if dest.is_file():  # fetched earlier, or by another job while we waited for the lock
             found, problem = verify(dest, want)
             if problem is None:

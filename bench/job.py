@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench import UserError, backbones, features, protocol, results, temps
+from bench import UserError, backbones, features, locks, protocol, results, temps
 from bench.config import validate
 from bench.data import FeatureSet, Task, augself
 
@@ -43,14 +45,15 @@ def timed(timings: dict, stage: str):
     timings[stage] = round(time.perf_counter() - start, 3)
 
 
-def extract_all(config: dict, backbone, task: Task, device, timings: dict) -> tuple[dict, dict]:
+def extract_all(config: dict, backbone, task: Task, device, timings: dict,
+                fingerprints: dict[str, str]) -> tuple[dict, dict]:
     """Features of every split, through the cache; also the cache entries used."""
     data, entries = {}, {}
     for split, images in task.splits.items():
         with timed(timings, f"features_{split}"):
             X, y, entries[split] = features.cached(backbone, task.name, split, images,
                                                    cache_dir=Path(config["cache_dir"]), device=device,
-                                                   **config["extract"])
+                                                   fingerprint=fingerprints[split], **config["extract"])
         data[split] = (X, y)
     return data, entries
 
@@ -123,6 +126,93 @@ def identity(config: dict, dataset_name: str, splits: dict, weights_sha256: str 
     return sig, path
 
 
+FINGERPRINTS = ("stat", "content")  # `fingerprint=`: what a split's fingerprint covers (ImageList.fingerprint)
+
+
+def fingerprints(config: dict, task: Task) -> dict[str, str]:
+    """Each split's fingerprint: items, labels and each file's size and mtime, or its bytes (fingerprint=content)."""
+    content = config.get("fingerprint", "stat") == "content"
+    return {name: split.fingerprint(content=content) for name, split in task.splits.items()}
+
+
+def load_dataset(config: dict) -> Task | FeatureSet:
+    """The dataset of a plain config, loaded by its loader (`dataset.load._target_`) as `seabench run` loads it."""
+    from bench.data.augself import loader_options
+
+    spec = dict(config["dataset"]["load"])
+    module, _, name = spec.pop("_target_").rpartition(".")
+    extra = loader_options(config["dataset"], config["protocol"].get("split", "canonical"))
+    return getattr(importlib.import_module(module), name)(root=Path(config["data_root"]).expanduser().resolve(),
+                                                          **spec, **extra)
+
+
+def splits_now(config: dict) -> dict[str, str]:
+    """The split fingerprints a run of `config` would sign now."""
+    dataset = load_dataset(config)
+    return dict(dataset.hashes) if isinstance(dataset, FeatureSet) else fingerprints(config, dataset)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    from bench import fetch
+
+    return fetch.digests(Path(path))["sha256"]
+
+
+def weights_file_now(backbone: dict, cache_dir: str) -> str | None:
+    """The sha256 of the file a `source: checkpoint` backbone loads, when it is on disk (else None)."""
+    if backbone.get("source") != "checkpoint":
+        return None
+    if backbone.get("checkpoint"):
+        path = Path(backbone["checkpoint"]).expanduser()
+    elif backbone.get("file"):
+        path = backbones.checkpoint_path(cache_dir=Path(cache_dir), file=backbone["file"])
+    else:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+def checker(*, remote: bool = False):
+    """`stale(config, record)`: why `record` (of this config's cell) is not what a run of `config` would sign
+    now, else None: its data changed (a split's fingerprint), its weights file changed, or another device
+    made it. As cheap as a signature gets without a model: the images are stat'ed (hashed with
+    fingerprint=content), each dataset loaded and each checkpoint file hashed once per checker (a sweep's
+    cells share them), no network built. `remote`: the jobs run elsewhere (Slurm), so with device=auto
+    this machine cannot tell their device. `stale` raises UserError when the data cannot be read."""
+    memo: dict[str, dict] = {}
+
+    def stale(config: dict, record: dict) -> str | None:
+        data = {k: config[k] for k in ("dataset", "protocol", "data_root")} | {"fingerprint": config.get("fingerprint")}
+        facts = json.dumps(data, sort_keys=True, default=str)
+        if facts not in memo:
+            memo[facts] = splits_now(config)
+        return difference(config, record, memo[facts], remote=remote)
+
+    return stale
+
+
+def difference(config: dict, record: dict, splits: dict[str, str], *, remote: bool) -> str | None:
+    """What of the signature differs between `record` and a run of `config` on data of these `splits`."""
+    if changed := sorted(k for k in set(splits) | set(record.get("splits") or {})
+                         if splits.get(k) != (record.get("splits") or {}).get(k)):
+        return f"its data changed since (split {', '.join(changed)})"
+    before = (record.get("checkpoint") or {}).get("file_sha256")
+    now = weights_file_now(config["backbone"], config["cache_dir"])
+    if before and now and before != now:
+        return f"its weights file changed since (sha256 {before[:12]} then, {now[:12]} now)"
+    if remote and config["device"] == "auto":
+        return None
+    here = precision(pick_device(config["device"]), config["extract"].get("amp", True))
+    if record.get("precision") != here:
+        then = record.get("precision") or {}
+        return f"it was made on {then.get('device')} ({then.get('extract')}), a run now uses {here['device']}"
+    return None
+
+
 def sized_to_data(preprocess: dict, images) -> dict:
     """`preprocess` with a null `resize`/`crop` set from the data: the shorter side of the first train image
     (how `backbone=pixels` takes the size of whatever images it is given)."""
@@ -155,7 +245,7 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
         splits, num_classes = dict(dataset.hashes), dataset.num_classes
     else:
         temps.check_writable(Path(config["cache_dir"]), "cache_dir")
-        splits, num_classes = {name: s.fingerprint() for name, s in dataset.splits.items()}, len(dataset.classes)
+        splits, num_classes = fingerprints(config, dataset), len(dataset.classes)
         preprocess = sized_to_data(config["backbone"]["preprocess"], dataset.splits["train"])
         with timed(timings, "backbone"):
             backbone = backbones.create(**{**config["backbone"], "preprocess": preprocess},
@@ -164,50 +254,67 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
                    "checkpoint": backbone.provenance}
     method, prot = config["method"], config["protocol"]
     sig, path = identity(config, dataset.name, splits, weights.get("weights_sha256"), device)
-    if path.exists() and config["skip_existing"]:
-        _, problem = results.read(path)
-        if problem is None:
-            log.info("skipping: a record of this run exists at %s", path)
+    if reusable(path, config):
+        return None
+    # the cell is claimed (a lease on `<record>.claim` with this job's pid and host, renewed while it runs): an
+    # identical run started meanwhile waits, then reuses the record; a claim whose owner died is taken over
+    temps.make_dir(path.parent, "results folder")
+    with locks.hold(f"{path}.claim", stale_s=config["extract"].get("lock_stale_s", 120.0),
+                       what=f"the run of this cell ({path.name})"):
+        if reusable(path, config, waited=True):
             return None
-        log.warning("the record %s cannot be used (%s): running the cell again", path, problem)
-    data, entries = (dataset.splits, {}) if isinstance(dataset, FeatureSet) else \
-        ({}, {}) if images else extract_all(config, backbone, dataset, device, timings)
-    seeds = list(range(config["seeds"])) if method["stochastic"] else [0]
-    options = {k: v for k, v in prot.items() if k != "name"}
-    if prot["name"] in ("selection", "augself"):
-        options["grid"] = method["grid"]
-    work_dir, stages, costs = Path(config["cache_dir"]).expanduser() / "finetune" / sig[:24], {}, {}
-    with timed(timings, "fit"):
+        data, entries = (dataset.splits, {}) if isinstance(dataset, FeatureSet) else \
+            ({}, {}) if images else extract_all(config, backbone, dataset, device, timings, splits)
+        seeds = list(range(config["seeds"])) if method["stochastic"] else [0]
+        options = {k: v for k, v in prot.items() if k != "name"}
+        if prot["name"] in ("selection", "augself"):
+            options["grid"] = method["grid"]
+        work_dir, stages, costs = Path(config["cache_dir"]).expanduser() / "finetune" / sig[:24], {}, {}
+        with timed(timings, "fit"):
+            if images:
+                outcome = finetune_outcome(config, backbone, dataset, device=device, seeds=seeds,
+                                           num_classes=num_classes, work_dir=work_dir, cost=stages)
+            else:
+                fit, costs = method_fit(method["module"], cache_dir=Path(config["cache_dir"]))
+                outcome = protocol.PROTOCOLS[prot["name"]](
+                    fit, data, params=method["params"], seeds=seeds,
+                    metric=config["dataset"]["metric"], num_classes=num_classes, device=device, **options)
+                timings.update(costs.pop("timings", {}))  # parts of the fit a method times itself (a flow's fit)
+        record = {"protocol_version": protocol.VERSION, "signature": sig, "cell": cell, "config": config,
+                  "dataset": dataset.name,
+                  "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
+                  "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
+                  "backbone_overrides": list(backbone_overrides), "num_classes": num_classes, "splits": splits,
+                  "features": entries, **weights, **outcome, "warnings": list(dataset.warnings),
+                  **({"method_costs": costs} if costs else {}),
+                  "split_rule": augself.rule(dataset.name) if prot.get("split") == "augself" else "canonical",
+                  "timings": timings, "device": str(device),
+                  "precision": precision(device, config["extract"].get("amp", True)),
+                  "provenance": results.provenance(device),
+                  "cost": cost_record(device, timings, entries, stages.get("stages")),
+                  **({"finetune_runs": stages.get("runs", [])} if images else {}),
+                  "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}  # orders a cell's records
+        results.write(path, record)
         if images:
-            outcome = finetune_outcome(config, backbone, dataset, device=device, seeds=seeds,
-                                       num_classes=num_classes, work_dir=work_dir, cost=stages)
-        else:
-            fit, costs = method_fit(method["module"], cache_dir=Path(config["cache_dir"]))
-            outcome = protocol.PROTOCOLS[prot["name"]](
-                fit, data, params=method["params"], seeds=seeds,
-                metric=config["dataset"]["metric"], num_classes=num_classes, device=device, **options)
-            timings.update(costs.pop("timings", {}))  # parts of the fit a method times itself (a flow's fit)
-    record = {"protocol_version": protocol.VERSION, "signature": sig, "cell": cell, "config": config,
-              "dataset": dataset.name,
-              "backbone": config["backbone"]["name"], "backbone_label": config["backbone"].get("label"),
-              "method": method["name"], "protocol": prot["name"], "metric": config["dataset"]["metric"],
-              "backbone_overrides": list(backbone_overrides), "num_classes": num_classes, "splits": splits,
-              "features": entries, **weights, **outcome, "warnings": list(dataset.warnings),
-              **({"method_costs": costs} if costs else {}),
-              "split_rule": augself.rule(dataset.name) if prot.get("split") == "augself" else "canonical",
-              "timings": timings, "device": str(device),
-              "precision": precision(device, config["extract"].get("amp", True)),
-              "provenance": results.provenance(device),
-              "cost": cost_record(device, timings, entries, stages.get("stages")),
-              **({"finetune_runs": stages.get("runs", [])} if images else {}),
-              "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}  # orders a cell's records
-    results.write(path, record)
-    if images:
-        from bench import finetune
+            from bench import finetune
 
-        finetune.clean(work_dir, keep=config["finetune"]["keep_checkpoints"])
-    report(record, path)
-    return path
+            finetune.clean(work_dir, keep=config["finetune"]["keep_checkpoints"])
+        report(record, path)
+        return path
+
+
+def reusable(path: Path, config: dict, waited: bool = False) -> bool:
+    """Whether the cell's record at `path` is there to reuse (skip_existing); one that cannot be used is set
+    aside (named, kept as <name>.damaged) and the cell runs again."""
+    if not (config["skip_existing"] and path.exists()):
+        return False
+    _, problem = results.read(path)
+    if problem is None:
+        log.info("skipping: %s record of this run exists at %s",
+                 "while this job waited for the cell, another wrote a" if waited else "a", path)
+        return True
+    temps.set_aside(path, problem, "record", "running the cell again")
+    return False
 
 
 def method_fit(module: str, *, cache_dir: Path):

@@ -63,10 +63,17 @@ def write_text(path: Path, text: str, what: str = "") -> None:
         tmp.write_text(text)
 
 
+def checksum(record: dict) -> str:
+    """sha256 of a record's content (every key but `checksum`), as JSON reads it back: written into the
+    record, checked on every read, so a changed digit or byte is found instead of used."""
+    return digest({k: v for k, v in record.items() if k != "checksum"})
+
+
 def write(path: Path, record: dict) -> None:
     if path.exists():
         log.warning("overwriting the record %s", path)
-    write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str))
+    record = json.loads(json.dumps(record, default=str))  # the checksum is of what a reader will see
+    write_text(path, json.dumps(record | {"checksum": checksum(record)}, indent=1, sort_keys=True))
 
 
 def read(path: Path) -> tuple[dict | None, str | None]:
@@ -89,6 +96,16 @@ def problem_of(record) -> str | None:
         return "it has no test scores"
     if not isinstance(record["timings"], dict):
         return "its timings are not a map"
+    # a record written before records carried a checksum (or made by hand) is checked by its shape alone
+    if "checksum" in record and record["checksum"] != checksum(record):
+        return "its content does not match its checksum (damaged on disk or edited)"
+    if "predictions" in record["test"] and "labels" in record["test"]:  # the paired test reads them
+        try:
+            labels = unpack(record["test"]["labels"])
+            if any(len(unpack(p)) != len(labels) for p in record["test"]["predictions"]):
+                return "its packed test predictions and labels differ in length"
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            return f"its packed test predictions cannot be read ({type(err).__name__})"
     return None
 
 

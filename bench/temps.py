@@ -132,3 +132,17 @@ def remove_own() -> None:
     for tmp in list(OWN):
         tmp.unlink(missing_ok=True)
         OWN.discard(tmp)
+
+
+def set_aside(path: Path, why: str, what: str, then: str = "making it again") -> Path | None:
+    """Rename a damaged file (a record, a checkpoint, a cache entry) to `<name>.damaged`: kept for a look,
+    no longer read; one log line names it. The caller makes it again. None when it cannot be renamed (a
+    read-only folder): then it stays, named in the log line, and is overwritten when made again."""
+    aside = Path(path).with_name(Path(path).name + ".damaged")
+    try:
+        os.replace(path, aside)
+    except OSError as err:
+        log.warning("the %s %s cannot be used (%s) and could not be set aside (%s)", what, path, why, err)
+        return None
+    log.warning("the %s %s cannot be used (%s): set aside as %s, %s", what, path, why, aside.name, then)
+    return aside

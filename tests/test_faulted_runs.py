@@ -49,6 +49,13 @@ elif stage == "cache-write":  # half of an entry in its temporary
         f.flush()
         hold()
     torch.save = save
+elif stage == "after-cache-rename":  # the entry is in place, its lock not yet released
+    import bench.features as features
+    real_write_entry = features.write_entry
+    def write_entry(path, entry):
+        real_write_entry(path, entry)
+        hold()
+    features.write_entry = write_entry
 elif stage == "fit":
     import bench.methods.linear as linear
     def fit_one(*args, **kwargs):
@@ -203,3 +210,45 @@ def test_sigterm_to_a_job_with_loader_workers_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.startswith("seabench: terminated (SIGTERM)"), err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.heavy
+def test_identical_runs_at_once_fit_the_cell_once_and_the_others_reuse_its_record(tmp_path):
+    """Four identical runs in one results folder: one claims the cell (extracting, slowed by 2 s a split, and
+    fitting), the others wait on its claim and then skip to the record it wrote."""
+    procs = [start(tmp_path, "slow-extract", "run", *CELL, marker=tmp_path / f"m{i}") for i in range(4)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    logs = "".join(out + err for out, err in outs)
+    assert logs.count("digits / pixels / linear: test top1") == 1, logs  # one fit, one record written
+    assert logs.count("while this job waited for the cell, another wrote a record") == 3, logs
+    assert "waiting for pid" in logs and "overwriting the record" not in logs
+    assert len(list((tmp_path / "results").rglob("*.json"))) == 1
+    assert not list((tmp_path / "results").rglob("*.claim")) and temporaries(tmp_path) == []
+
+
+def test_the_claim_of_a_killed_run_is_taken_over_at_once(tmp_path):
+    """kill -9 while fitting: its claim stays on disk; the next run sees its owner is dead, takes it over
+    without waiting out the lease, and leaves no claim behind."""
+    proc = start(tmp_path, "fit", "run", *CELL)
+    wait_for(tmp_path / "marker", proc)
+    (claim,) = (tmp_path / "results").rglob("*.claim")
+    assert f"pid={proc.pid}" in claim.read_text()
+    proc.kill()
+    proc.communicate(timeout=60)
+    start_s = time.monotonic()
+    out = run(tmp_path, "run", *CELL, "extract.lock_stale_s=600")
+    assert time.monotonic() - start_s < 120 and "test top1" in out.stdout + out.stderr
+    assert not claim.exists() and len(list((tmp_path / "results").rglob("*.json"))) == 1
+
+
+def test_a_kill_between_an_entrys_rename_and_its_locks_release_leaves_no_lock_behind(tmp_path):
+    proc = start(tmp_path, "after-cache-rename", "run", *CELL)
+    wait_for(tmp_path / "marker", proc)
+    (lock,) = (tmp_path / "cache" / "features").rglob("*.lock")
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert lock.exists()  # what kill -9 leaves: the entry beside its dead writer's lock
+    run(tmp_path, "run", *CELL)
+    assert not list((tmp_path / "cache").rglob("*.lock")) and temporaries(tmp_path) == []
+    assert len(list((tmp_path / "results").rglob("*.json"))) == 1

@@ -13,6 +13,8 @@ import torch
 import yaml
 from harness import CLI, Child, seabench_in_process
 
+from bench.finetune import checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 
 ARGS = ["run", "dataset=digits", "backbone=test_resnet", "method=finetune", "seeds=1", "method.params.steps=40",
@@ -30,17 +32,15 @@ def start(tmp: Path) -> Child:
 def checkpoints(tmp: Path) -> dict[str, dict]:
     found = {}
     for path in (tmp / "cache" / "finetune").glob("*/*/checkpoint.pt"):
-        found[path.parent.name.split("-")[0]] = torch.load(path, weights_only=False)
+        found[path.parent.name.split("-")[0]] = checkpoint.load(path)
     return found
 
 
 def step_of(tmp: Path) -> int:
     """The step of the train run's checkpoint (0 when there is none yet)."""
     for path in (tmp / "cache" / "finetune").glob("*/train-*/checkpoint.pt"):
-        try:
-            return torch.load(path, weights_only=False)["step"]
-        except (RuntimeError, EOFError, FileNotFoundError):
-            return 0
+        state = checkpoint.load(path)
+        return state["step"] if state else 0
     return 0
 
 
@@ -109,8 +109,6 @@ def test_a_job_killed_by_kill_9_resumes_and_ends_with_the_weights_of_an_uninterr
 
 
 def test_sigterm_writes_a_checkpoint_then_hands_the_signal_on_and_the_run_resumes(tmp_path):
-    from bench.finetune import checkpoint
-
     point = {**yaml.safe_load((ROOT / "conf" / "method" / "finetune.yaml").read_text())["params"],
              "seed": 0, "steps": 40, "batch_size": 16, "lr": 0.05, "lr_weight_decay": 0.0}
     whole, _ = uninterrupted("train", point, tmp_path / "whole")
@@ -130,7 +128,7 @@ def test_sigterm_writes_a_checkpoint_then_hands_the_signal_on_and_the_run_resume
         assert received == [signal.SIGTERM]  # handed on to the handler that was there before
     finally:
         signal.signal(signal.SIGTERM, previous)
-    stopped = torch.load(path, weights_only=False)["step"]
+    stopped = checkpoint.load(path)["step"]
     assert 2 <= stopped < 40
     resumed, cost = uninterrupted("train", point, tmp_path / "term")
     for key, tensor in whole.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from harness import CLI, Child
 
-from bench.sweep import allocation
+from bench.sweep import allocation, cells
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEAP = ["backbone.preprocess.resize=16", "backbone.preprocess.crop=16", "method=linear", "method.grid.penalty=[1.0]"]
@@ -110,7 +110,7 @@ def test_status_of_a_half_finished_sweep(seabench, tmp_path):
         pid = os.getpid() if config["dataset"]["name"] == "digits" else dead
         path.write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "job": "42", "start": time.time()}))
     out = seabench("status", *sweep).stdout.splitlines()
-    assert out[-1] == "4 cells: 1 done, 1 running, 1 failed, 1 missing"
+    assert out[-1] == "4 cells: 1 done, 0 stale, 1 running, 1 failed, 1 missing"
     by_cell = {" ".join(line.split()[1:3]): line for line in out[:-1]}
     assert by_cell["dataset=digits seeds=1"].startswith("done") and ".json" in by_cell["dataset=digits seeds=1"]
     assert by_cell["dataset=dtd seeds=1"].startswith("failed") and "dtd is not on disk" in by_cell["dataset=dtd seeds=1"]
@@ -121,7 +121,7 @@ def test_status_of_a_half_finished_sweep(seabench, tmp_path):
     assert len(rerun) == 1 and rerun[0].startswith("seabench run -m dataset=dtd backbone=pixels seeds=1 ")
     # with no overrides: the sweep last started under results/ (the dtd one above)
     last = seabench("status").stdout.splitlines()
-    assert last[-1] == "1 cells: 0 done, 0 running, 1 failed, 0 missing"
+    assert last[-1] == "1 cells: 0 done, 0 stale, 0 running, 1 failed, 0 missing"
 
 
 def test_threads_come_from_the_allocation_and_are_shared(monkeypatch):
@@ -237,7 +237,7 @@ def test_a_lock_left_on_another_host_is_taken_over_after_the_stale_timeout(tmp_p
     Path(f"{entry}.lock").write_text("filelock/2\npid=4242\nhost=node17\nmode=lease\n"
                                      f"token={'ab' * 16}\nduration=1.5\n")
     start = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="bench.features"):
+    with caplog.at_level(logging.INFO, logger="bench.locks"):
         _, _, info = features.cached(bb, "digits", "val", task.splits["val"], cache_dir=tmp_path, batch_size=16,
                                      num_workers=0, device=torch.device("cpu"), lock_stale_s=1.5)
     assert 1.5 <= time.monotonic() - start < 15 and not info["hit"]
@@ -268,3 +268,26 @@ def test_the_launchers_compose_and_their_resources_can_be_set():
     local = status.expand(["hydra/launcher=local", "jobs=3", "dataset=digits"])
     assert local.launcher.endswith("LocalLauncher") and local.batch == 3
     assert status.expand(["dataset=digits"]).batch is None  # the basic launcher: one process, no batches
+
+
+@pytest.mark.heavy
+def test_a_local_launchers_jobs_stop_when_the_sweep_is_killed(tmp_path):
+    """kill -9 of the sweep's own process: submitit's local jobs would run on and write records nobody
+    waits for; each notices within a second or two that its sweep is gone, stops and leaves no record."""
+    args = ["run", "-m", "hydra/launcher=local", "dataset=digits", "backbone=pixels", "method=sgd", "seeds=1",
+            "method.params.epochs=100000", "method.grid.lr=[0.4]", "method.grid.center=[false]"]
+    sweep = Child(CLI, args, cwd=tmp_path, env={"SEABENCH_CACHE": str(tmp_path / "cache")}, new_session=True)
+    job = wait_for_marker(tmp_path, sweep)
+    try:
+        sweep.kill()
+        sweep.wait(60)
+        deadline = time.monotonic() + 60
+        while not cells.gone(job):
+            assert time.monotonic() < deadline, "the job went on after its sweep was killed"
+            time.sleep(0.2)
+    finally:
+        if not cells.gone(job):
+            os.kill(job, signal.SIGKILL)
+    log = "".join(p.read_text() for p in (tmp_path / "results" / ".hydra").rglob("*_log.*"))
+    assert "the sweep that started this job" in log and "is gone: stopping this job too" in log, log
+    assert records(tmp_path) == [] and not list((tmp_path / "results" / "runs").rglob("*.running"))

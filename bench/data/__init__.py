@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,18 +30,20 @@ SPLITS = ("train", "val", "test")
 class ImageList(torch.utils.data.Dataset):
     """(image, label) pairs; `read(item)` turns an item (a relative path, an index ...) into a PIL image.
 
-    `items` identify the examples independently of the machine (relative paths, not absolute ones),
-    so that `fingerprint()` is the same everywhere and can go into records. `source` says where the
-    images are read from on this machine (the dataset's folder): the feature cache keys on it too, so
-    two folders with the same file names never share features.
+    `items` identify the examples independently of the machine (relative paths, not absolute ones).
+    `source` says where the images are read from on this machine (the dataset's folder): the feature cache
+    keys on it too, so two folders with the same file names never share features. What the images are read
+    from, for `fingerprint()`: `root`, when each item is a file relative to it (a folder of images), or
+    `store`, a folder whose files all the items are read out of (CIFAR's pickled batches); neither for
+    images that are not files of the dataset (sklearn's digits).
     """
 
     def __init__(self, items: Sequence, labels: Sequence[int], read: Callable, transform: Callable | None = None,
-                 source: str = ""):
+                 source: str = "", *, root: str | None = None, store: str | None = None):
         if len(items) != len(labels):
             raise ValueError(f"{len(items)} items but {len(labels)} labels")
         self.items, self.labels, self.read, self.transform = list(items), [int(t) for t in labels], read, transform
-        self.source = source
+        self.source, self.root, self.store = source, root, store
 
     def __len__(self) -> int:
         return len(self.items)
@@ -50,12 +53,37 @@ class ImageList(torch.utils.data.Dataset):
         return (self.transform(image) if self.transform else image), self.labels[i]
 
     def with_transform(self, transform: Callable) -> ImageList:
-        return ImageList(self.items, self.labels, self.read, transform, self.source)
+        return ImageList(self.items, self.labels, self.read, transform, self.source, root=self.root, store=self.store)
 
-    def fingerprint(self) -> str:
-        """sha256 of the (item, label) list: what the examples are, in order, and how they are labelled."""
-        payload = json.dumps([[str(i), t] for i, t in zip(self.items, self.labels)]).encode()
-        return hashlib.sha256(payload).hexdigest()
+    def fingerprint(self, content: bool = False) -> str:
+        """sha256 of what the split is: its (item, label) list, in order, and the files its images are read
+        from, each by its size and modification time (the rule make and git use: a file rewritten in place
+        changes the fingerprint, and no byte of a large dataset is read), or with `content` by the sha256 of
+        its bytes (reads every file; the same on every machine, whatever the files' times)."""
+        pairs = [[str(i), t] for i, t in zip(self.items, self.labels)]
+        if self.root is not None:
+            pairs = [[item, t, file_facts(os.path.join(self.root, item), content)] for item, t in pairs]
+        payload = pairs
+        if self.store is not None:
+            files = sorted(p for p in Path(self.store).iterdir() if p.is_file())
+            payload = {"items": pairs, "store": [[p.name, file_facts(str(p), content)] for p in files]}
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def file_facts(path: str, content: bool) -> list | str | None:
+    """[size, mtime in ns] of a file, or the sha256 of its bytes; None when it cannot be read (the run says
+    why when it reads the image)."""
+    try:
+        if not content:
+            st = os.stat(path)
+            return [st.st_size, st.st_mtime_ns]
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except OSError:
+        return None
 
 
 @dataclass

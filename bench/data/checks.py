@@ -71,6 +71,7 @@ def read_under(base: str, item: str):
 def task(name: str, classes: Sequence[str], base: Path, parts: Mapping[str, tuple[Sequence, Sequence[int]]],
          read=None) -> Task:
     """A Task from (items, labels) per split; items are paths relative to `base` unless `read` is given."""
+    files = {"root": str(base)} if read is None else {"store": str(base)}  # what `fingerprint` covers
     read = read or functools.partial(read_under, str(base))
     labels = [t for _, ts in parts.values() for t in ts]
     if labels and not 0 <= min(labels) <= max(labels) < len(classes):
@@ -80,7 +81,7 @@ def task(name: str, classes: Sequence[str], base: Path, parts: Mapping[str, tupl
     if len(trained) < 2:
         raise UserError(f"dataset {name} at {base}: train holds images of {len(trained)} class(es) "
                         f"({', '.join(classes[t] for t in trained)}); a classifier needs at least two")
-    splits = {split: ImageList(list(items), list(ts), read, source=str(Path(base).resolve()))
+    splits = {split: ImageList(list(items), list(ts), read, source=str(Path(base).resolve()), **files)
               for split, (items, ts) in parts.items()}
     return Task(name=name, classes=list(classes), splits=splits)
 

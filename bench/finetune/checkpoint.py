@@ -8,6 +8,8 @@ current step: a checkpoint is written, then the signal goes on to whoever handle
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import logging
 import pickle
 import random
@@ -37,25 +39,49 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+MAGIC = b"seabench-checkpoint sha256="  # a checkpoint file: this, the sha256 of the rest, a newline, torch's bytes
+
+
 def save(path: Path, state: dict) -> None:
-    """Write `state` atomically (bench.temps: a full disk or a read-only folder is one sentence)."""
+    """Write `state` atomically (bench.temps: a full disk or a read-only folder is one sentence), headed by the
+    sha256 of its bytes, so that a flipped bit is found on load instead of resumed from."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
     with temps.atomic(path, "fine-tuning checkpoint") as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+        f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+        f.write(payload)
+
+
+def damage(data: bytes) -> str | None:
+    """None for a sound checkpoint file's bytes, else what is wrong with them."""
+    head, newline, payload = data.partition(b"\n")
+    if not (head.startswith(MAGIC) and newline):
+        return "it has no checksum header (not written by this seabench)"
+    if head[len(MAGIC):].decode("ascii", "replace") != hashlib.sha256(payload).hexdigest():
+        return "its bytes do not match their checksum"
+    return None
 
 
 def load(path: Path) -> dict | None:
-    """The checkpoint at `path`, or None when there is none or it is damaged (then it is removed).
-    Temporary files that a killed process left beside it are removed too."""
+    """The checkpoint at `path`, or None when there is none or it is damaged (then it is set aside as
+    `<name>.damaged`, named in one log line, and the caller trains again). Temporary files that a killed
+    process left beside it are removed too."""
     temps.sweep(path.parent)
-    if not path.exists():
-        return None
     try:
-        # our own file: it holds numpy's and Python's generator states, which weights_only refuses
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        log.warning("the checkpoint %s is damaged (%s); starting this training run again", path, err)
-        path.unlink(missing_ok=True)
+        data = path.read_bytes()
+    except FileNotFoundError:
         return None
+    problem = damage(data)
+    if problem is None:
+        try:
+            # our own file: it holds numpy's and Python's generator states, which weights_only refuses
+            return torch.load(io.BytesIO(memoryview(data)[data.index(b"\n") + 1:]), map_location="cpu",
+                              weights_only=False)
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            problem = f"it cannot be read ({err})"
+    temps.set_aside(path, problem, "fine-tuning checkpoint", "training again")
+    return None
 
 
 class Preempted(UserError):

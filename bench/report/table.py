@@ -182,10 +182,10 @@ def narrow(records: list[dict], **wanted: list[str] | None) -> list[dict]:
 def build(results_dir: Path, out_dir: Path, *, backbone: list[str] | None = None, method: list[str] | None = None,
           dataset: list[str] | None = None, reference_dir: Path = REFERENCE, all_published: bool = False,
           figures: bool = True) -> str:
-    temps.check_writable(out_dir, "table folder")  # before the work, however small
-    every = results.load_all(results_dir)
-    if not every:
+    every = results.load_all(results_dir)  # damaged records are named and skipped there
+    if not every:  # before any folder is made: a mistyped --results-dir leaves nothing behind
         raise UserError(f"no run records under {Path(results_dir) / 'runs'}: run `seabench run ...` first")
+    temps.check_writable(out_dir, "table folder")  # before the work, however small
     chosen = narrow(every, backbone=backbone, method=method, dataset=dataset)
     by_path = {r["path"]: r for r in chosen}
     df = compare.cost(compare.paired(frame(chosen), by_path), by_path, every)

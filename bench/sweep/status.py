@@ -4,8 +4,10 @@
     seabench status [RESULTS_DIR]            the sweep last started under RESULTS_DIR (default: results)
     seabench status ... --failed             the commands that re-run just its failed cells
 
-One line per cell: done (its record), running (who, since when), failed (the one-sentence reason the cell
-wrote beside where its record would be) or missing; then a count of each. Like `seabench run`, this module
+One line per cell: done (its record), stale (a record whose data, weights file or device is not what a run
+would sign now: `bench.job.checker`, which the CLI hands in, as this package imports nothing of a run),
+running (who, since when), failed (the one-sentence reason the cell wrote beside where its record would be)
+or missing; then a count of each. Like `seabench run`, this module
 composes the sweep with Hydra (it describes the same cells); what it returns is plain Python.
 """
 
@@ -20,7 +22,7 @@ from bench import UserError
 from bench.config import CONF, check_choices, read_yaml, register_resolvers
 from bench.sweep import cells
 
-STATES = ("done", "running", "failed", "missing")
+STATES = ("done", "stale", "running", "failed", "missing")
 
 
 @dataclass
@@ -92,12 +94,14 @@ def last_sweep(results_dir: Path) -> list[str]:
     return [o for o in overrides["hydra"] if not o.startswith("hydra.mode=")] + overrides["task"]
 
 
-def states(sweep: Sweep) -> list[tuple[str, str]]:
-    """(state, detail) of every cell, in the sweep's order."""
+def states(sweep: Sweep, checker=None) -> list[tuple[str, str]]:
+    """(state, detail) of every cell, in the sweep's order. `checker(remote=...)` makes the function that says
+    why a record is stale (bench.job.checker); without one, a cell with a record is done."""
     done = {}
     for results_dir in {c["results_dir"] for c in sweep.configs}:
         done |= cells.records(Path(results_dir))
-    return [cells.state(config, done) for config in sweep.configs]
+    stale = checker(remote="slurm" in sweep.launcher.lower()) if checker and done else None
+    return [cells.state(config, done, stale) for config in sweep.configs]
 
 
 def rerun(sweep: Sweep, i: int) -> str:
@@ -105,13 +109,13 @@ def rerun(sweep: Sweep, i: int) -> str:
     return shlex.join(["seabench", "run", "-m", *sweep.overrides[i]])
 
 
-def status_main(argv: list[str]) -> int:
+def status_main(argv: list[str], checker=None) -> int:
     failed_only = "--failed" in argv
     argv = [a for a in argv if a not in ("--failed", "-m", "--multirun")]  # `run -m`'s own words are welcome
     if len(argv) <= 1 and all("=" not in a for a in argv):  # nothing, or a results dir
         argv = last_sweep(Path(argv[0] if argv else "results"))
     sweep = expand(argv)
-    found = states(sweep)
+    found = states(sweep, checker)
     if failed_only:
         for i, (state, _) in enumerate(found):
             if state == "failed":
@@ -125,14 +129,14 @@ def status_main(argv: list[str]) -> int:
     return 0
 
 
-def report(sweep: Sweep) -> None:
+def report(sweep: Sweep, checker=None) -> None:
     """After a sweep: one clear error naming each cell without a record and why, whatever the launcher."""
-    found = states(sweep)
+    found = states(sweep, checker)
     bad = [(i, s, d) for i, (s, d) in enumerate(found) if s != "done"]
     if bad:
         logs = Path(sweep.configs[0]["results_dir"]) / ".hydra"
-        lines = [f"  {sweep.varying(i)}: " + (detail if state == "failed" else
-                 f"{state}, no record{': ' + detail if detail else ''} (its job's log is under {logs})")
+        lines = [f"  {sweep.varying(i)}: " + (detail if state == "failed" else f"stale record {detail}"
+                 if state == "stale" else f"{state}, no record{': ' + detail if detail else ''} (its job's log is under {logs})")
                  for i, state, detail in bad]
         if len(lines) > 20:  # a launcher that failed as a whole (sbatch refused) leaves every cell missing
             lines = [*lines[:20], f"  ... and {len(lines) - 20} more: `seabench status <the same overrides>`"]
