@@ -20,6 +20,7 @@ import importlib
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 from contextlib import nullcontext
@@ -29,7 +30,9 @@ from bench import UserError, temps
 from bench.config import (
     CONF,
     check_choices,
+    check_mode,
     check_overrides,
+    check_syntax,
     closest,
     method_section,
     read_yaml,
@@ -77,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with temps.faults_as_sentences():
-            return dispatch(sys.argv[1:] if argv is None else argv)
+            code = dispatch(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
+    except BrokenPipeError:  # `seabench list | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit is quiet too
+        return 141  # 128 + SIGPIPE, as a command killed by the closed pipe
     except UserError as err:
         print(f"seabench: error: {err}", file=sys.stderr)
         return 2
@@ -110,6 +118,12 @@ def start_sweep(argv: list[str]):
     from bench.sweep import allocation, status
 
     sweep = status.expand([a for a in argv if a not in ("-m", "--multirun")])
+    if sweep.launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+        raise UserError("hydra/launcher=slurm submits each cell with sbatch, which is not on this machine: run "
+                        "it on the cluster's login node, or here with hydra/launcher=local (or without a launcher)")
+    for config in sweep.configs:  # every cell's settings, before the first cell starts
+        name = config["method"]["name"]
+        validate(config, method_section(name) if (CONF / "method" / f"{name}.yaml").is_file() else None)
     done = sum(state == "done" for state, _ in status.states(sweep))
     print(f"sweep: {len(sweep.configs)} cells, {done} done, {len(sweep.configs) - done} to run", flush=True)
     if sweep.launcher.endswith("LocalLauncher"):  # submitit's local executor: `batch` processes at once
@@ -125,6 +139,8 @@ def run_main(argv: list[str]) -> int:
 
     check_overrides(argv)
     check_choices(argv)
+    check_mode(argv)
+    check_syntax(argv)
     register_resolvers()
     sweep = start_sweep(argv) if {"-m", "--multirun"} & set(argv) else None
     task = hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(run_job)

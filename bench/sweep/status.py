@@ -2,7 +2,8 @@
 
     seabench status <overrides of the `seabench run -m` it describes>   that sweep
     seabench status [RESULTS_DIR]            the sweep last started under RESULTS_DIR (default: results)
-    seabench status ... --failed             the commands that re-run just its failed cells
+    seabench status ... --failed             the commands that re-run just its cells without a record
+                                             (failed, killed, or never started)
 
 One line per cell: done (its record), running (who, since when), failed (the one-sentence reason the cell
 wrote beside where its record would be) or missing; then a count of each. Like `seabench run`, this module
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import UserError
-from bench.config import CONF, check_choices, read_yaml, register_resolvers
+from bench.config import CONF, check_choices, check_dataset, read_yaml, register_resolvers
 from bench.sweep import cells
 
 STATES = ("done", "running", "failed", "missing")
@@ -106,15 +107,20 @@ def rerun(sweep: Sweep, i: int) -> str:
 
 
 def status_main(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__.strip())
+        return 0
     failed_only = "--failed" in argv
     argv = [a for a in argv if a not in ("--failed", "-m", "--multirun")]  # `run -m`'s own words are welcome
     if len(argv) <= 1 and all("=" not in a for a in argv):  # nothing, or a results dir
         argv = last_sweep(Path(argv[0] if argv else "results"))
     sweep = expand(argv)
+    for config in sweep.configs:  # a cell's markers are named after its dataset (a folder's: its path)
+        check_dataset(config["dataset"], config["protocol"])
     found = states(sweep)
     if failed_only:
         for i, (state, _) in enumerate(found):
-            if state == "failed":
+            if state in ("failed", "missing"):  # killed cells are missing (no record, no live job)
                 print(rerun(sweep, i))
         return 0
     width = max(len(sweep.varying(i)) for i in range(len(found)))
