@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import UserError
-from bench.config import CONF, check_choices, check_dataset, read_yaml, register_resolvers
+from bench.config import CONF, GROUPS, check_choices, check_dataset, read_yaml, register_resolvers
 from bench.sweep import cells
 
 STATES = ("done", "running", "failed", "missing")
@@ -52,8 +52,11 @@ def expand(argv: list[str]) -> Sweep:
     parser = OverridesParser.create()
     try:
         fixed = [o.input_line for o in parser.parse_overrides(argv) if not o.is_sweep_override()]
+        # Hydra's own settings (launcher, sweeper params) from the fixed overrides, without those inside a
+        # group (`method.grid.lr=...`), which need the group's swept choice (sgd, not the default linear)
+        outside = [o for o in fixed if key(o).split(".")[0] not in GROUPS or "." not in key(o)]
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            hydra = compose("config", overrides=fixed, return_hydra_config=True).hydra
+            hydra = compose("config", overrides=outside, return_hydra_config=True).hydra
             params = [f"{k}={v}" for k, v in (hydra.sweeper.params or {}).items()]
             (lists,) = BasicSweeper.split_arguments(parser.parse_overrides(params + argv), None)
             configs = compose_all(lists, lambda o: OmegaConf.to_container(compose("config", overrides=o),
@@ -74,7 +77,8 @@ def compose_all(lists: list[list[str]], compose) -> list[dict]:
     instead of 660 for experiment=transfer11."""
     common = set.intersection(*(set(cell) for cell in lists))
     swept = {key(o) for cell in lists for o in cell if o not in common}
-    if not swept <= {"backbone", "dataset", "method", "protocol"}:
+    inside = any(key(o).split(".")[0] in swept for o in common)  # `method.grid.lr=...` needs each cell's method
+    if not swept <= {"backbone", "dataset", "method", "protocol"} or inside:
         return [compose(cell) for cell in lists]
     fixed = [o for o in lists[0] if key(o) not in swept]
     base, nodes = compose(fixed), {}
