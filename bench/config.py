@@ -265,6 +265,9 @@ def validate(config: dict, method_defaults: dict | None = None) -> None:
         value = config["extract"][key]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise UserError(f"extract.{key} must be an integer >= {low}, not {value!r}")
+    for key, spec in [("lock_stale_s", "(0, inf)"), ("amp", [False, True])]:  # seconds; a switch
+        if key in config["extract"]:
+            ranges.check(f"extract.{key}", config["extract"][key], spec)
     if not DEVICE.fullmatch(str(config["device"])):
         raise UserError(f"device {config['device']!r} is not supported; use auto, cpu, cuda or cuda:N")
     temps.check_writable(Path(config["results_dir"]), "results_dir")

@@ -63,6 +63,7 @@ def refused(result, message: str) -> str:
     (["method=finetune", "method.params.augself.jitter.hue=0.7"],
      "method.params.augself.jitter.hue must be a number in [0, 0.5], not 0.7"),
     (["seeds=1000000"], "seeds must be an integer in [1, 100], not 1000000"),
+    (["extract.lock_stale_s=0"], "extract.lock_stale_s must be a number in (0, inf), not 0"),
     (["protocol.val_fraction=0"], "protocol.val_fraction must be a number in (0, 1), not 0"),
     # issue 24 item 7: the hint of an empty grid is a value that works
     (["method.grid.penalty=[]"], "method.grid.penalty must be a non-empty list (e.g. method.grid.penalty=[1.0])"),
