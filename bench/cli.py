@@ -34,6 +34,7 @@ from bench.config import (
     check_overrides,
     check_syntax,
     closest,
+    experiment_sweep,
     method_section,
     read_yaml,
     register_resolvers,
@@ -144,7 +145,7 @@ def run_main(argv: list[str]) -> int:
     register_resolvers()
     sweep = start_sweep(argv) if {"-m", "--multirun"} & set(argv) else None
     task = hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(run_job)
-    sys.argv = ["seabench run", *argv]
+    sys.argv = ["seabench run", *(per_cell(argv) if sweep else argv)]
     try:
         task()
     except SystemExit:  # Hydra's own error exit, e.g. when a job died under submitit (its launcher raises)
@@ -154,6 +155,31 @@ def run_main(argv: list[str]) -> int:
     if sweep is not None:
         status.report(sweep)
     return 0
+
+
+def per_cell(argv: list[str]) -> list[str]:
+    """`argv` for Hydra's multirun, where a setting inside a swept group (`method.params.epochs=1` with
+    `method=sgd,sea`) is a one-value sweep, `choice(1)`. Hydra composes a sweep's primary config with the
+    group's default (method linear) and the fixed overrides, where the key does not exist ("add `+`", and then
+    every cell fails: there it exists); a sweep's values are applied to each cell only. The checks before
+    (bench.config) made sure that every swept method has the key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    parser, args = OverridesParser.create(), [a for a in argv if not a.startswith("-")]
+    parsed = dict(zip(args, parser.parse_overrides(args)))
+    swept = {o.key_or_group for o in parsed.values() if o.is_sweep_override()}
+    for o in parsed.values():
+        if o.key_or_group == "experiment" and not o.is_sweep_override():
+            swept |= set(experiment_sweep(str(o.value())))
+    out = []
+    for arg in argv:
+        o = parsed.get(arg)
+        inside = o is not None and o.key_or_group.split(".")[0] in swept and "." in o.key_or_group
+        if inside and o.type == OverrideType.CHANGE and not o.is_sweep_override():
+            arg = f"{o.key_or_group}=choice({arg.partition('=')[2]})"
+        out.append(arg)
+    return out
 
 
 def backbone_overrides(overrides) -> list[str]:

@@ -510,3 +510,19 @@ def test_list_into_a_closed_pipe_ends_quietly(tmp_path):
     out = subprocess.run(f"{sys.executable} -m bench list | head -1", shell=True, cwd=tmp_path, capture_output=True,
                          text=True, check=False, env={**os.environ, "PYTHONPATH": str(pathlib.Path(cli.__file__).parents[1])})
     assert out.stdout.startswith("methods") and out.stderr == "", out.stderr
+
+
+def test_a_setting_inside_a_swept_method_reaches_every_cell(seabench, tmp_path):
+    """Issue 24 item 7: `-m method=sgd,sea method.params.epochs=1` failed (Hydra composes the sweep's primary
+    config with the default method, linear: "add `+`"; with `+`, seabench and then every cell refused it). The
+    plain override now runs every cell with it, and `status` finds them done, under the same overrides."""
+    args = [*BASE[:2], "method=sgd,sea", "seeds=1", "method.params.epochs=1", "method.grid.lr=[1.6]",
+            "method.grid.center=[false]"]
+    rc, text, _ = seabench("run", "-m", *args)
+    assert rc == 0 and "sweep: 2 cells, 0 done, 2 to run" in text, text
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").rglob("*.json")]
+    assert sorted(r["method"] for r in records) == ["sea", "sgd"]
+    assert all(r["config"]["method"]["params"]["epochs"] == 1 and r["chosen"]["lr"] == 1.6 for r in records)
+    for overrides in (args, []):  # this sweep, and the sweep last started
+        rc, text, _ = seabench("status", *overrides)
+        assert rc == 0 and "2 cells: 2 done" in text, text
