@@ -104,8 +104,8 @@ def load(*, root, path: str | None, name: str | None = None, val_per_class: int 
                             f"dataset.load.val_fraction to carve it from train/")
         task = checks.carve_val(name, base, classes, train, test, seed=seed, per_class=val_per_class,
                                 fraction=val_fraction)
-        log.info("%s has no val/: carved %d of the %d train images as val (%s of each class, seeded)", base,
-                 len(task.splits["val"]), len(train[0]),
-                 f"{val_per_class}" if val_per_class is not None else f"{100 * val_fraction:g}%, at least one")
+        log.info("%s has no val/: carved %d of the %d train images as val (%s, seeded)", base,
+                 len(task.splits["val"]), len(train[0]), f"{val_per_class} of each class" if val_per_class is not
+                 None else f"{100 * val_fraction:g}% of each class, at least one")
     task.warnings = warnings
     return task
