@@ -3,7 +3,8 @@
 The package, in the order a run passes through it (docs/architecture.md has the whole map):
 
     cli.py         the subcommands and signals; the only module that sees Hydra's config objects
-    config.py      the config tree and the checks of what a user asks of it (shared by the CLI and `status`)
+    config.py      the config tree and the checks of what a user asks of it (shared by the CLI and `status`);
+                   ranges.py: the valid range of every method hyperparameter (its YAML's `ranges:`)
     job.py         one run: data -> features -> protocol -> record, in plain Python
     data/          one module per dataset family: canonical splits, checks, downloads, `seabench doctor`
     backbones/     timm models + the checkpoint zoo (weights, key conversions, preprocessing)

@@ -20,6 +20,7 @@ import importlib
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 from contextlib import nullcontext
@@ -29,8 +30,11 @@ from bench import UserError, temps
 from bench.config import (
     CONF,
     check_choices,
+    check_mode,
     check_overrides,
+    check_syntax,
     closest,
+    experiment_sweep,
     method_section,
     read_yaml,
     register_resolvers,
@@ -77,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with temps.faults_as_sentences():
-            return dispatch(sys.argv[1:] if argv is None else argv)
+            code = dispatch(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
+    except BrokenPipeError:  # `seabench list | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit is quiet too
+        return 141  # 128 + SIGPIPE, as a command killed by the closed pipe
     except UserError as err:
         print(f"seabench: error: {err}", file=sys.stderr)
         return 2
@@ -110,6 +119,12 @@ def start_sweep(argv: list[str]):
     from bench.sweep import allocation, cells, status
 
     sweep = status.expand([a for a in argv if a not in ("-m", "--multirun")])
+    if sweep.launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+        raise UserError("hydra/launcher=slurm submits each cell with sbatch, which is not on this machine: run "
+                        "it on the cluster's login node, or here with hydra/launcher=local (or without a launcher)")
+    for config in sweep.configs:  # every cell's settings, before the first cell starts
+        name = config["method"]["name"]
+        validate(config, method_section(name) if (CONF / "method" / f"{name}.yaml").is_file() else None)
     found = [state for state, _ in status.states(sweep, job_checker())]
     done, stale = found.count("done"), found.count("stale")
     print(f"sweep: {len(sweep.configs)} cells, {done} done, {len(sweep.configs) - done} to run"
@@ -128,10 +143,12 @@ def run_main(argv: list[str]) -> int:
 
     check_overrides(argv)
     check_choices(argv)
+    check_mode(argv)
+    check_syntax(argv)
     register_resolvers()
     sweep = start_sweep(argv) if {"-m", "--multirun"} & set(argv) else None
     task = hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(run_job)
-    sys.argv = ["seabench run", *argv]
+    sys.argv = ["seabench run", *(per_cell(argv) if sweep else argv)]
     try:
         task()
     except SystemExit:  # Hydra's own error exit, e.g. when a job died under submitit (its launcher raises)
@@ -158,6 +175,31 @@ def status_main(argv: list[str]) -> int:
     from bench.sweep import status
 
     return status.status_main(argv, job_checker())
+
+
+def per_cell(argv: list[str]) -> list[str]:
+    """`argv` for Hydra's multirun, where a setting inside a swept group (`method.params.epochs=1` with
+    `method=sgd,sea`) is a one-value sweep, `choice(1)`. Hydra composes a sweep's primary config with the
+    group's default (method linear) and the fixed overrides, where the key does not exist ("add `+`", and then
+    every cell fails: there it exists); a sweep's values are applied to each cell only. The checks before
+    (bench.config) made sure that every swept method has the key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    parser, args = OverridesParser.create(), [a for a in argv if not a.startswith("-")]
+    parsed = dict(zip(args, parser.parse_overrides(args)))
+    swept = {o.key_or_group for o in parsed.values() if o.is_sweep_override()}
+    for o in parsed.values():
+        if o.key_or_group == "experiment" and not o.is_sweep_override():
+            swept |= set(experiment_sweep(str(o.value())))
+    out = []
+    for arg in argv:
+        o = parsed.get(arg)
+        inside = o is not None and o.key_or_group.split(".")[0] in swept and "." in o.key_or_group
+        if inside and o.type == OverrideType.CHANGE and not o.is_sweep_override():
+            arg = f"{o.key_or_group}=choice({arg.partition('=')[2]})"
+        out.append(arg)
+    return out
 
 
 def backbone_overrides(overrides) -> list[str]:

@@ -12,13 +12,14 @@ import difflib
 import re
 from pathlib import Path
 
-from bench import UserError, temps
+from bench import UserError, ranges, temps
 from bench.metrics import METRICS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"  # the registry: a choice exists when its YAML exists
 GROUPS = ("backbone", "dataset", "method", "protocol", "experiment")
 MODES = {"-m": "-m", "--multirun": "-m", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info", "--info": "--info"}
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+MAX_SEEDS = 100  # seeds of a stochastic method (a table reports their mean and spread; 5-10 is usual)
 
 
 def logspace(start, stop, num) -> list[float]:
@@ -26,11 +27,18 @@ def logspace(start, stop, num) -> list[float]:
     return [10.0 ** (start + (stop - start) * i / (int(num) - 1)) for i in range(int(num))]
 
 
+def folder_name(path) -> str | None:
+    """`${folder_name:${.load.path}}` in dataset/folder.yaml: a folder dataset is named after its folder
+    (/data/mytask -> mytask) when the config is composed, so that a sweep and `status` know the name too."""
+    return Path(str(path)).expanduser().resolve().name if path else None
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("logspace"):
-        OmegaConf.register_new_resolver("logspace", logspace)
+    for name, function in [("logspace", logspace), ("folder_name", folder_name)]:
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
 
 
 def compose(overrides: list[str] = ()) -> dict:
@@ -98,9 +106,57 @@ def check_method_key(prefix: str, path: list[str], methods: list[str]) -> None:
     if params and key not in params:
         raise UserError(f"{'.'.join(path[:3])} is not a hyperparameter of method {', '.join(known)}; "
                         f"{closest(key, params)}known: {', '.join(sorted(params))}")
+    if lacking := [m for m in known if key not in method_section(m)]:  # a sweep sets it in every cell
+        having = [m for m in known if m not in lacking]
+        raise UserError(f"{'.'.join(path[:3])} is a hyperparameter of method {', '.join(having)} but not of "
+                        f"{', '.join(lacking)}, and a sweep sets it in every cell: sweep them in separate commands, "
+                        f"`seabench run -m method={','.join(having)} {prefix}{name}=...` and "
+                        f"`seabench run -m method={','.join(lacking)}`")
     if path[1] == "grid" and not prefix and any(key not in method_section(m, "grid") for m in known):
         raise UserError(f"method {', '.join(known)} does not sweep {key} by default: add it to the grid with "
                         f"+{name}=[...]")
+
+
+def experiment_sweep(name: str) -> dict:
+    """What an experiment sweeps (its `hydra.sweeper.params`: group -> 'a,b,c'); {} when it is one run."""
+    path = CONF / "experiment" / f"{name}.yaml"
+    conf = read_yaml(path) if path.is_file() else {}
+    return ((conf.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+
+
+def experiment_methods(name: str, argv: list[str]) -> list[str]:
+    """The methods an experiment's sweep runs (its sweeper's `method:` list), when `argv` is a sweep; else []."""
+    if not {"-m", "--multirun"} & set(argv):
+        return []
+    return [m.strip() for m in str(experiment_sweep(name).get("method", "")).split(",") if m.strip()]
+
+
+def check_syntax(argv: list[str]) -> None:
+    """Each override in Hydra's grammar, or one sentence on how to quote it (an unquoted space, a non-ASCII
+    letter in a path...), instead of the parser's paragraph."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if not arg.startswith("-"):
+            try:
+                parser.parse_overrides([arg])
+            except OverrideParseException:
+                key, _, value = arg.partition("=")
+                raise UserError(f"cannot read the override {arg!r}: Hydra's grammar takes spaces, non-ASCII "
+                                f"letters and most punctuation only in quotes; write \"{key}='{value}'\" "
+                                f"(the outer quotes are the shell's)") from None
+
+
+def check_mode(argv: list[str]) -> None:
+    """An experiment that is a sweep runs with -m (without it, Hydra runs the default config once)."""
+    for arg in argv:
+        if arg.startswith("experiment=") and not {"-m", "--multirun"} & set(argv):
+            name = arg.partition("=")[2]
+            if swept := experiment_sweep(name):
+                raise UserError(f"experiment={name} is a sweep (over {', '.join(swept)}): run it with -m, "
+                                f"`seabench run -m {' '.join(argv)}`")
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -115,7 +171,8 @@ def check_overrides(argv: list[str]) -> None:
     known = sorted((set(config) | launchers) - {"defaults", "hydra"} | set(GROUPS))
     chosen = [a.partition("=")[2].split(",") for a in argv if re.match(r"\+?method=", a)]
     defaults = [d["method"] for d in config["defaults"] if isinstance(d, dict) and "method" in d]
-    methods = chosen[-1] if chosen else ([] if any(a.startswith("experiment=") for a in argv) else defaults)
+    experiments = [a.partition("=")[2] for a in argv if a.startswith("experiment=")]
+    methods = chosen[-1] if chosen else experiment_methods(experiments[-1], argv) if experiments else defaults
     for prefix, path, _ in overrides(argv):
         name = ".".join(path)
         if path[0] == "hydra":
@@ -125,6 +182,9 @@ def check_overrides(argv: list[str]) -> None:
         if isinstance(config.get(path[0]), dict) and len(path) > 1 and path[1] not in config[path[0]]:
             keys = [f"{path[0]}.{k}" for k in config[path[0]]]
             raise UserError(f"unknown setting {name!r}; {closest(name, keys)}known: {', '.join(keys)}")
+        if path[:2] == ["method", "ranges"]:
+            raise UserError(f"{name} is a valid range, fixed beside the method's params in conf/method/*.yaml, "
+                            f"not a setting")
         if path[0] == "method" and len(path) > 2 and methods:
             check_method_key(prefix, path, methods)
         if prefix in ("+", "++") and len(path) > 1 and path[:2] != ["method", "grid"]:
@@ -151,7 +211,8 @@ def wrong(value, like) -> bool:
 
 
 def check_method(method: dict, defaults: dict | None) -> None:
-    """Hyperparameters keep the kind of value their YAML gives them; grid keys are hyperparameters."""
+    """Hyperparameters keep the kind of value their YAML gives them; grid keys are hyperparameters; every value
+    lies in the range the method's YAML gives it (`ranges:`, bench.ranges)."""
     params, defaults = method["params"], defaults or {}
     for key, value in params.items():
         if wrong(value, defaults.get(key)):
@@ -162,10 +223,29 @@ def check_method(method: dict, defaults: dict | None) -> None:
             raise UserError(f"method.grid.{key} is not a hyperparameter of method {method['name']}; "
                             f"{closest(key, params)}known: {', '.join(params)}")
         if not isinstance(values, list) or not values:
-            raise UserError(f"method.grid.{key} must be a non-empty list (e.g. method.grid.{key}=[{values}])")
+            example = params[key] if isinstance(values, list) else values  # [] -> the param's own value
+            example = str(example).lower() if isinstance(example, bool) else example
+            raise UserError(f"method.grid.{key} must be a non-empty list (e.g. method.grid.{key}=[{example}])")
         like = defaults.get(key, params[key])
         if bad := [v for v in values if wrong(v, like)]:
             raise UserError(f"method.grid.{key} must hold {kind(like) or 'single values'}, not {bad[0]!r}")
+    ranges.check_method(method, method.get("ranges") or {})
+
+
+def check_dataset(dataset: dict, protocol: dict) -> None:
+    """A dataset has a name (a folder dataset: its path), and a carved val split is a share of each class
+    strictly between none and all (the carving rule takes at least one example of each class)."""
+    load = dataset.get("load") or {}
+    if not dataset.get("name"):
+        if "path" in load:
+            raise UserError("dataset=folder needs dataset.load.path=<folder with train/ and test/ sub-folders>")
+        raise UserError("the dataset has no name: set dataset.name=...")
+    for name, value in [("dataset.load.val_fraction", load.get("val_fraction")),
+                        ("protocol.val_fraction", protocol.get("val_fraction"))]:
+        if value is not None:
+            ranges.check(name, value, "(0, 1)")
+    if load.get("val_per_class") is not None:
+        ranges.check("dataset.load.val_per_class", load["val_per_class"], "integer [1, inf)")
 
 
 def validate(config: dict, method_defaults: dict | None = None) -> None:
@@ -176,12 +256,18 @@ def validate(config: dict, method_defaults: dict | None = None) -> None:
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r} for dataset {config['dataset']['name']}; known: {sorted(METRICS)}")
     check_method(config["method"], method_defaults)
+    check_dataset(config["dataset"], config["protocol"])
     if isinstance(config["seeds"], bool) or not isinstance(config["seeds"], int) or config["seeds"] < 1:
         raise UserError(f"seeds must be a positive integer, not {config['seeds']!r}")
+    if config["seeds"] > MAX_SEEDS:  # each seed is a head of every grid point, held at once (1e6: 46 GB)
+        raise UserError(f"seeds must be an integer in [1, {MAX_SEEDS}], not {config['seeds']!r}")
     for key, low in [("batch_size", 1), ("num_workers", 0)]:
         value = config["extract"][key]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise UserError(f"extract.{key} must be an integer >= {low}, not {value!r}")
+    for key, spec in [("lock_stale_s", "(0, inf)"), ("amp", [False, True])]:  # seconds; a switch
+        if key in config["extract"]:
+            ranges.check(f"extract.{key}", config["extract"][key], spec)
     if not DEVICE.fullmatch(str(config["device"])):
         raise UserError(f"device {config['device']!r} is not supported; use auto, cpu, cuda or cuda:N")
     if config.get("fingerprint", "stat") not in ("stat", "content"):

@@ -84,7 +84,7 @@ def with_val(data: Data, *, val_fraction: float, split_seed: int) -> Data:
         rest, val = carve([str(i) for i in range(len(y))], y.tolist(), fraction=val_fraction, seed=split_seed)
     except ValueError as err:
         raise UserError(f"cannot carve a val split from train ({err}); give val files") from None
-    log.info("no val split: carved %d of %d train examples as val (%.0f%% per class)",
+    log.info("no val split: carved %d of %d train examples as val (%g%% of each class, at least one)",
              len(val), len(y), 100 * val_fraction)
     return {**data, "train": (X[rest], y[rest]), "val": (X[val], y[val])}
 

@@ -24,16 +24,23 @@ NEEDED = ("backbone", "method", "protocol", "dataset", "metric", "test", "chosen
 PACKAGES = ("seabench", "torch", "torchvision", "timm", "numpy", "scikit-learn", "hydra-core", "pillow")
 
 
+def signed(config: dict) -> dict:
+    """The part of a config that decides a run's numbers (`SIGNED`); the valid ranges of the method's
+    hyperparameters (its `ranges:`, bench.ranges) are a check, not a setting, and are left out."""
+    method = {k: v for k, v in config["method"].items() if k != "ranges"}
+    return {k: config[k] for k in SIGNED} | {"method": method}
+
+
 def signature(config: dict, splits: dict[str, str], precision: dict) -> str:
     """sha256 of the signed config, the split fingerprints (a changed split is a new run) and the device's
     precision (a GPU record and a CPU record of one cell are two runs)."""
-    return digest({k: config[k] for k in SIGNED} | {"splits": splits, "precision": precision})
+    return digest(signed(config) | {"splits": splits, "precision": precision})
 
 
 def cell_key(config: dict) -> str:
     """sha256 of the signed config alone (`SIGNED`): a sweep's cell, known before any work (bench.sweep.cells),
     unlike `signature`, which also needs the data and the device."""
-    return digest({k: config[k] for k in SIGNED})
+    return digest(signed(config))
 
 
 def path_for(results_dir: Path, *, dataset: str, backbone: str, method: str, protocol: str, sig: str) -> Path:

@@ -42,14 +42,29 @@ def why(path: Path, err: OSError, what: str = "") -> str:
     return f"cannot write {what + ' ' if what else ''}{where}: {reason}" + (f"; {hint}" if hint else "")
 
 
+def disk_fault(err: BaseException) -> OSError | None:
+    """The disk fault (an OSError with a hint) behind `err`: itself, or one that a library raised over it.
+    torch's zip writer is such a library: when a write into its file fails with ENOSPC, its `__exit__`
+    raises RuntimeError('[enforce fail at inline_container.cc] unexpected pos ...') over the OSError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in HINTS:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)  # `from None` ends it
+    return None
+
+
 @contextmanager
 def faults_as_sentences() -> Iterator[None]:
     """A disk fault (full, read-only, no permission, a file in a path) met outside `atomic` -- a lock file, a
-    folder made by a library -- becomes one sentence too; other OSErrors pass unchanged."""
+    folder made by a library -- becomes one sentence too; other errors pass unchanged."""
     try:
         yield
-    except OSError as err:
-        if err.errno not in HINTS:
+    except UserError:
+        raise
+    except Exception as raised:
+        if (err := disk_fault(raised)) is None:
             raise
         where = f" {os.path.abspath(err.filename)}" if err.filename else ""
         raise UserError(f"cannot use{where}: {err.strerror}; {HINTS[err.errno]}") from None
@@ -121,6 +136,10 @@ def atomic(path: Path, what: str = "") -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as err:
+        raise UserError(why(path, err, what)) from None
+    except Exception as raised:  # a library's error over a failed write (torch.save on a full disk)
+        if (err := disk_fault(raised)) is None:
+            raise
         raise UserError(why(path, err, what)) from None
     finally:
         OWN.discard(tmp)

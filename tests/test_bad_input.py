@@ -50,10 +50,27 @@ def refused(result, message: str) -> str:
     (["dataset.metric=top5"], "unknown metric 'top5'"),
     ([*SEA[2:], "+method.grid.etta=[0.1]"], ("method.grid.etta is not a hyperparameter of method sea; "
                                                 "did you mean 'eta'?")),
+    # issue 24 item 4: every method parameter in the range its YAML gives it (`ranges:`), before any work
+    (["method=sgd", "method.grid.lr=[0]"], "each value of method.grid.lr must be a number in (0, inf), not 0"),
+    (["method=sgd", "method.params.epochs=0"], "method.params.epochs must be an integer in [1, inf), not 0"),
+    ([*SEA[2:], "method.grid.eta=[1.5]"], "each value of method.grid.eta must be a number in [0, 1], not 1.5"),
+    (["method.grid.penalty=[-1.0]"], "each value of method.grid.penalty must be a number in (0, inf), not -1.0"),
+    (["method.grid.penalty=[0.0]"], "each value of method.grid.penalty must be a number in (0, inf), not 0.0"),
+    (["method=sgd", "method.params.lamda=0"], "method.params.lamda must be a number in (0, inf), not 0"),
+    (["method.params.max_iter=0"], "method.params.max_iter must be an integer in [1, inf), not 0"),
+    (["method=isda", "method.grid.cov=[diag,spherical]"],
+     "each value of method.grid.cov must be one of diag, full, lowrank, not 'spherical'"),
+    (["method=finetune", "method.params.augself.jitter.hue=0.7"],
+     "method.params.augself.jitter.hue must be a number in [0, 0.5], not 0.7"),
+    (["seeds=1000000"], "seeds must be an integer in [1, 100], not 1000000"),
+    (["extract.lock_stale_s=0"], "extract.lock_stale_s must be a number in (0, inf), not 0"),
+    (["protocol.val_fraction=0"], "protocol.val_fraction must be a number in (0, 1), not 0"),
+    # issue 24 item 7: the hint of an empty grid is a value that works
+    (["method.grid.penalty=[]"], "method.grid.penalty must be a non-empty list (e.g. method.grid.penalty=[1.0])"),
 ])
 def test_bad_settings_are_refused_before_the_dataset_is_even_read(seabench, tmp_path, args, message):
     """dataset=dtd is not on disk: a check that ran after loading the data would say so instead."""
-    base = BASE[:2] if "method=sea" in args else BASE
+    base = BASE[:2] if any(a.startswith("method=") for a in args) else BASE
     refused(seabench("run", *base, *args, "dataset=dtd"), message)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "results" / "runs").exists()
 
@@ -71,9 +88,25 @@ def test_bad_settings_are_refused_before_the_dataset_is_even_read(seabench, tmp_
     (["-m", "--cfg", "job"], "--cfg and -m cannot be combined"),
     (["method.grid.max_iter=[10]"], ("method linear does not sweep max_iter by default: add it to the grid with "
                                     "+method.grid.max_iter=[...]")),
+    (["method.ranges.penalty=[0,1]"], "method.ranges.penalty is a valid range, fixed beside the method's params"),
+    # issue 24 item 7: messages that sent the user elsewhere
+    (["experiment=demo"], ("experiment=demo is a sweep (over backbone, method): run it with -m, "
+                          "`seabench run -m dataset=digits backbone=pixels experiment=demo`")),
+    (["-m", "method=linear,sgd", "method.params.epochs=1"],
+     ("method.params.epochs is a hyperparameter of method sgd but not of linear, and a sweep sets it in every cell: "
+     "sweep them in separate commands, `seabench run -m method=sgd method.params.epochs=...` and "
+     "`seabench run -m method=linear`")),
+    (["-m", "method=linear,sgd", "+method.params.epochs=1"], "is a hyperparameter of method sgd but not of linear"),
+    (["-m", "experiment=demo", "method.params.epochs=1"], ("is a hyperparameter of method sgd, sea, isda, noise, afan, "
+                                                         "flow but not of linear")),
+    (["results_dir=/tmp/résultats"], ("cannot read the override 'results_dir=/tmp/résultats': Hydra's grammar takes "
+                                      "spaces, non-ASCII letters and most punctuation only in quotes; write "
+                                      "\"results_dir='/tmp/résultats'\"")),
 ])
 def test_typos_are_refused_not_ignored(seabench, args, message):
-    refused(seabench("run", *(BASE[:2] if "method=sea" in args else BASE), *args), message)
+    """(A sweep's -m is set before its overrides: the checks read the whole command line.)"""
+    base = BASE[:2] if any(a.startswith(("method=", "experiment=")) for a in args) else BASE
+    refused(seabench("run", *base, *args), message)
 
 
 def test_a_command_typo_names_the_closest_command(seabench):
@@ -243,9 +276,253 @@ def test_a_disk_fault_outside_the_atomic_writes_is_one_sentence(seabench, tmp_pa
 
 
 @pytest.mark.parametrize("args", [
-    ["hydra/launcher=basic", "hydra.verbose=true", "seeds=1", "experiment=demo"],
+    ["-m", "hydra/launcher=basic", "hydra.verbose=true", "seeds=1", "experiment=demo"],
     ["method=linear", "+method.grid.max_iter=[10,100]", "method.params.penalty=2", "extract.batch_size=8"],
     ["-m", "method=sgd,sea", "method.params.lr=0.1", "+method.grid.epochs=[5,10]", "~method.grid.center"],
+    ["-m", "method=sgd", "method.params.epochs=1"],  # the path the refusal of a mixed sweep gives
+    ["-m", "experiment=demo", "method=sgd,sea", "method.params.epochs=1"],
+    ["results_dir='/tmp/résultats dir'"],  # quoted as the refusal says
 ])
 def test_the_typo_checks_let_real_settings_through(args):
     config.check_overrides(args)
+    config.check_syntax(args)
+    config.check_mode(args)
+
+
+# ---- issue 24 ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault,message", [
+    ("unseen test class", ("the test labels in {test} hold classes that never occur in train: 3; every test class "
+                          "needs train examples")),
+    ("unseen val class", "the val labels in {val} hold classes that never occur in train: 7"),
+    ("sparse ids", ("the train labels in {train} must number the classes 0..K-1 without gaps: they hold 3 classes "
+                   "up to 100000, and lack 2, 3, 4, 5, 6, 7, 8, 9 ... (99998 in all); renumber them")),
+])
+def test_labels_that_make_no_sense_are_one_sentence_before_any_work(seabench, given, tmp_path, fault, message):
+    """Issue 24 item 3: given features with a test (or val) class never seen in train scored 83.6 with no word;
+    sparse ids (0, 100000) made 100,001 classes, and the run died for memory minutes later."""
+    import time
+
+    if fault == "unseen test class":
+        torch.save([0, 1, 2, 3] * 3, given["test_label"])
+    elif fault == "unseen val class":
+        torch.save(torch.randn(4, 8), tmp_path / "val_feat.pth")
+        torch.save([0, 1, 2, 7], tmp_path / "val_label.pth")
+        given |= {"val_feat": tmp_path / "val_feat.pth", "val_label": tmp_path / "val_label.pth"}
+    else:
+        for split, n in [("train", 30), ("test", 12)]:
+            torch.save([[0, 1, 100000][i % 3] for i in range(n)], given[f"{split}_label"])
+    start = time.monotonic()
+    refused(seabench("run", *given_args(given)), message.format(
+        train=given["train_label"], test=given["test_label"], val=tmp_path / "val_label.pth"))
+    assert time.monotonic() - start < 30
+
+
+def test_an_image_dataset_whose_test_holds_a_class_train_lacks_is_refused(tmp_path):
+    """The same rule for every image dataset (bench.data.checks.task), not only the folder loader's."""
+    from bench import UserError
+    from bench.data import checks
+
+    parts = {"train": (["a.png", "b.png"], [0, 1]), "test": (["c.png", "d.png"], [1, 2])}
+    with pytest.raises(UserError, match="test holds images of classes that train lacks: cow .1 in all.; every "
+                                        "class needs train images"):
+        checks.task("farm", ["cat", "dog", "cow"], tmp_path, parts)
+
+
+def image_folder(root: pathlib.Path, per_class: int = 6) -> pathlib.Path:
+    from PIL import Image
+
+    for split, n in [("train", per_class), ("test", 3)]:
+        for k, c in enumerate(("cat", "dog")):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (40 * i, 100 * k, 0)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_a_symlink_loop_in_a_class_folder_is_not_walked_again(tmp_path):
+    """Issue 24 item 5: `cat/up -> ..` re-walked train/ about 40 times and labelled every image `cat`."""
+    from bench.data import folder
+
+    root = image_folder(tmp_path / "pets")
+    (root / "train" / "cat" / "up").symlink_to("..")  # train/: a loop through the class folder
+    (root / "train" / "cat" / "self").symlink_to(".")
+    task = folder.load(root=None, path=str(root), val_per_class=1)
+    train, val = task.splits["train"], task.splits["val"]
+    assert sorted(train.labels + val.labels) == [0] * 6 + [1] * 6
+    assert all("/up/" not in i and "/self/" not in i for i in train.items + val.items)
+    assert any("lead back to a folder already walked" in w and "train/cat/up" in w for w in task.warnings)
+
+
+def test_a_link_to_a_folder_elsewhere_is_still_followed(tmp_path):
+    from bench.data import folder
+
+    root = image_folder(tmp_path / "pets")
+    extra = tmp_path / "more_cats"
+    extra.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(extra / "x.png")
+    (root / "train" / "cat" / "more").symlink_to(extra)
+    task = folder.load(root=None, path=str(root), val_per_class=1)
+    assert "train/cat/more/x.png" in task.splits["train"].items + task.splits["val"].items
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("dataset.load.val_fraction=0", "dataset.load.val_fraction must be a number in (0, 1), not 0"),
+    ("dataset.load.val_fraction=1", "dataset.load.val_fraction must be a number in (0, 1), not 1"),
+    ("dataset.load.val_per_class=0", "dataset.load.val_per_class must be an integer in [1, inf), not 0"),
+])
+def test_a_folder_val_share_that_carves_nothing_or_all_is_refused(seabench, tmp_path, setting, message):
+    """Issue 24 item 5: val_fraction=0 carved 10 images (at least one of each class) while logging 0%."""
+    root = image_folder(tmp_path / "pets")
+    extra = ["dataset.load.val_fraction=null"] if "per_class" in setting else []
+    refused(seabench("run", *BASE[1:], "dataset=folder", f"dataset.load.path={root}", *extra, setting), message)
+
+
+def test_a_sweep_over_a_folder_dataset_needs_no_name(seabench, tmp_path):
+    """Issue 24 item 5: without dataset.name= the sweep and `status` crashed with a TypeError (None in a path):
+    the name is the folder's, from the config itself."""
+    root = image_folder(tmp_path / "pets")
+    args = [*BASE[1:], "dataset=folder", f"dataset.load.path={root}"]
+    rc, text, _ = seabench("status", *args)
+    assert rc == 0 and "1 cells: 0 done" in text, text
+    rc, text, _ = seabench("run", "-m", *args)
+    assert rc == 0 and "sweep: 1 cells, 0 done, 1 to run" in text, text
+    assert (tmp_path / "results" / "runs" / "pets").is_dir()
+    rc, text, _ = seabench("status", *args)
+    assert rc == 0 and "1 cells: 1 done" in text, text
+    refused(seabench("status", *BASE[1:], "dataset=folder"), "dataset=folder needs dataset.load.path=")
+
+
+class FullDisk:
+    """A file whose writes fail with ENOSPC after `room` bytes, as a full disk's do."""
+
+    def __init__(self, path, mode, room=2000):
+        self.file, self.room = open(path, mode), room  # noqa: SIM115 -- closed by __exit__
+
+    def write(self, data):
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_torch_hides_a_full_disk_under_a_runtime_error(tmp_path):
+    """Why bench.temps looks behind the exception: torch's zip writer raises RuntimeError('... unexpected
+    pos ...') from its __exit__ over the OSError of the write (issue 24 item 6; seen on a 1 MB tmpfs)."""
+    with pytest.raises(RuntimeError) as caught, FullDisk(tmp_path / "x.pt", "wb") as f:
+        torch.save({"x": torch.zeros(10_000)}, f)
+    assert isinstance(caught.value.__context__, OSError) and caught.value.__context__.errno == errno.ENOSPC
+
+
+def test_a_full_cache_disk_is_one_sentence(seabench, tmp_path, monkeypatch):
+    """Issue 24 item 6: the README promises one sentence for a full cache disk; it was torch's traceback."""
+    from bench import features
+
+    monkeypatch.setattr(features, "open", FullDisk, raising=False)  # the feature cache's writes only
+    text = refused(seabench("run", *BASE), "cannot write feature cache entry " + str(tmp_path / "cache" / "features"))
+    assert "No space left on device; free some space and run again" in text
+    left = [p.name for p in (tmp_path / "cache" / "features").rglob("*") if p.is_file()]
+    assert left == [], left  # no temporary, no lock, no half-written entry
+
+
+def test_a_really_full_cache_disk_is_one_sentence(seabench, tmp_path):
+    """The same on a real full file system (a 256 kB tmpfs), where this machine lets the tests mount one."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True,
+                      check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        text = refused(seabench("run", *BASE, f"cache_dir={disk}"), "cannot write feature cache entry")
+        assert "No space left on device; free some space and run again" in text
+        assert not [p for p in disk.rglob("*") if ".tmp-" in p.name or p.suffix == ".lock"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_slurm_without_sbatch_is_one_sentence_before_the_sweep(seabench, monkeypatch):
+    """Issue 24 item 7: 8 frames and a pointer to a log that did not exist."""
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    refused(seabench("run", "-m", *BASE, "hydra/launcher=slurm"),
+            "hydra/launcher=slurm submits each cell with sbatch, which is not on this machine")
+
+
+def test_a_sweep_checks_every_cell_before_the_first_starts(seabench, tmp_path):
+    refused(seabench("run", "-m", *BASE[:2], "method=sgd,sea", "method.grid.lr=[0.4,0]"),
+            "each value of method.grid.lr must be a number in (0, inf), not 0")
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_status_help_is_help(seabench):
+    rc, text, _ = seabench("status", "--help")
+    assert rc == 0 and text.startswith("`seabench status`") and "--failed" in text, text
+
+
+def test_status_failed_lists_killed_cells(seabench, tmp_path, monkeypatch):
+    """Issue 24 item 7: a sweep's error says `status --failed` lists the cells to re-run; killed cells (a
+    `.running` marker of a process that is gone) were left out."""
+    import subprocess
+    import sys
+
+    from bench.sweep import cells, status
+
+    monkeypatch.chdir(tmp_path)  # where the command runs (results_dir is relative)
+    (config,) = status.expand([*BASE[:2], "method=sgd", "seeds=1"]).configs
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    marker = cells.stem(config).with_suffix(".running")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({**cells.whoami(), "pid": int(gone.stdout), "start": 0}))
+    rc, text, _ = seabench("status", *BASE[:2], "method=sgd", "seeds=1")
+    assert rc == 0 and text.startswith("missing") and "stopped without a record" in text, text
+    rc, text, _ = seabench("status", *BASE[:2], "method=sgd", "seeds=1", "--failed")
+    assert rc == 0 and text.strip() == "seabench run -m dataset=digits backbone=pixels method=sgd seeds=1", text
+
+
+def test_a_users_own_unreadable_checkpoint_is_not_told_to_download_it(seabench, tmp_path):
+    (tmp_path / "mine.pth").write_text("not a checkpoint")
+    text = refused(seabench("run", *BASE[:1], "backbone=local", f"backbone.checkpoint={tmp_path / 'mine.pth'}",
+                            "backbone.arch=resnet10t", *BASE[2:]),
+                   f"cannot read checkpoint {tmp_path / 'mine.pth'}")
+    assert "check the file given as backbone.checkpoint" in text and "download" not in text
+
+
+def test_list_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`seabench list | head -1` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(f"{sys.executable} -m bench list | head -1", shell=True, cwd=tmp_path, capture_output=True,
+                         text=True, check=False, env={**os.environ, "PYTHONPATH": str(pathlib.Path(cli.__file__).parents[1])})
+    assert out.stdout.startswith("methods") and out.stderr == "", out.stderr
+
+
+def test_a_setting_inside_a_swept_method_reaches_every_cell(seabench, tmp_path):
+    """Issue 24 item 7: `-m method=sgd,sea method.params.epochs=1` failed (Hydra composes the sweep's primary
+    config with the default method, linear: "add `+`"; with `+`, seabench and then every cell refused it). The
+    plain override now runs every cell with it, and `status` finds them done, under the same overrides."""
+    args = [*BASE[:2], "method=sgd,sea", "seeds=1", "method.params.epochs=1", "method.grid.lr=[1.6]",
+            "method.grid.center=[false]"]
+    rc, text, _ = seabench("run", "-m", *args)
+    assert rc == 0 and "sweep: 2 cells, 0 done, 2 to run" in text, text
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").rglob("*.json")]
+    assert sorted(r["method"] for r in records) == ["sea", "sgd"]
+    assert all(r["config"]["method"]["params"]["epochs"] == 1 and r["chosen"]["lr"] == 1.6 for r in records)
+    for overrides in (args, []):  # this sweep, and the sweep last started
+        rc, text, _ = seabench("status", *overrides)
+        assert rc == 0 and "2 cells: 2 done" in text, text

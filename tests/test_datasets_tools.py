@@ -96,7 +96,7 @@ def test_folder_is_named_after_itself_and_logs_the_carve(tmp_path, caplog):
     with caplog.at_level("INFO", logger="bench.data.folder"):
         task = folder.load(root=tmp_path, path=str(tmp_path / "mytask"), val_fraction=0.2, seed=0)
     assert task.name == "mytask"
-    assert "has no val/: carved 3 of the 15 train images as val (20% of each class, seeded)" in caplog.text
+    assert "has no val/: carved 3 of the 15 train images as val (20% of each class, at least one, seeded)" in caplog.text
     assert folder.load(root=tmp_path, path=str(tmp_path / "mytask"), name="pets2", val_fraction=0.2).name == "pets2"
 
 

@@ -117,8 +117,9 @@ def test_status_of_a_half_finished_sweep(seabench, tmp_path):
     assert by_cell["dataset=digits seeds=2"].startswith("running") and "job 42" in by_cell["dataset=digits seeds=2"]
     assert by_cell["dataset=dtd seeds=2"].startswith("missing")
     assert "stopped without a record" in by_cell["dataset=dtd seeds=2"]
-    rerun = seabench("status", *sweep, "--failed").stdout.splitlines()
-    assert len(rerun) == 1 and rerun[0].startswith("seabench run -m dataset=dtd backbone=pixels seeds=1 ")
+    rerun = seabench("status", *sweep, "--failed").stdout.splitlines()  # the failed cell and the killed one
+    assert len(rerun) == 2 and rerun[0].startswith("seabench run -m dataset=dtd backbone=pixels seeds=1 ")
+    assert rerun[1].startswith("seabench run -m dataset=dtd backbone=pixels seeds=2 ")
     # with no overrides: the sweep last started under results/ (the dtd one above)
     last = seabench("status").stdout.splitlines()
     assert last[-1] == "1 cells: 0 done, 0 stale, 0 running, 1 failed, 0 missing"

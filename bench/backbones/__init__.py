@@ -27,7 +27,7 @@ from torch import nn
 from torchvision import transforms
 
 from bench import UserError, fetch, temps
-from bench.backbones import layouts
+from bench.backbones import haiku, layouts
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,12 @@ def create(*, name: str, arch: str, source: str, preprocess: dict, cache_dir: Pa
     if source == "checkpoint":
         path, provenance = weights_file(name=name, file=file, url=url, homepage=homepage, sha256=sha256,
                                         md5=md5, checkpoint=checkpoint, cache_dir=cache_dir)
-        state, provenance["layout"] = converted_state(path, layout=layout, model=model, arch=arch,
-                                                      file_sha256=provenance["file_sha256"])
+        try:
+            state, provenance["layout"] = converted_state(path, layout=layout, model=model, arch=arch,
+                                                          file_sha256=provenance["file_sha256"])
+        except haiku.Unreadable as err:  # a downloaded file is fetched again; a user's own file is theirs
+            raise UserError(f"{err}; " + ("check the file given as backbone.checkpoint" if checkpoint else
+                                          "delete it and run again to download it again")) from None
         load_strict(model, state, arch=arch, what=f"checkpoint {path} (layout {provenance['layout']})")
         if checkpoint is None and not (sha256 or md5) and not fetch.sidecar(path).is_file():
             # no published hash: remember this good file's hash, so later damage on disk is caught

@@ -79,13 +79,17 @@ def looks_like(path: Path) -> bool:
         return path.suffix == ".pkl" or f.read(len(PICKLED_DICT)) == PICKLED_DICT
 
 
+class Unreadable(UserError):
+    """A checkpoint file that cannot be read; what to do depends on whose file it is (bench.backbones.create)."""
+
+
 def read(path: Path):
     try:
         with open(path, "rb") as f:
             return _Reader(f, encoding="latin1").load()
     except Exception as err:  # noqa: BLE001 -- truncated pickles raise EOFError, UnpicklingError, ValueError ...
-        raise UserError(f"cannot read the BYOL checkpoint {path} ({type(err).__name__}: {err}): it is "
-                        f"truncated or not BYOL's pickle; delete it and download it again") from None
+        raise Unreadable(f"cannot read the BYOL checkpoint {path} ({type(err).__name__}: {err}): it is "
+                         f"truncated or not BYOL's pickle") from None
 
 
 def mapping(obj, what: str) -> Mapping:

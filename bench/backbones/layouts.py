@@ -79,8 +79,8 @@ def read(path: Path, layout: str | None):
             raise UserError(f"checkpoint {path} holds a Python object of type {unsafe.group(1)}, which seabench "
                             f"does not unpickle (it could run code); save its state dict alone") from None
         reason = str(err).strip().splitlines()[0][:200]
-        raise UserError(f"cannot read checkpoint {path} ({reason}): it is truncated or not a PyTorch "
-                        f"checkpoint; delete it and download it again") from None
+        raise haiku.Unreadable(f"cannot read checkpoint {path} ({reason}): it is truncated or not a PyTorch "
+                               f"checkpoint") from None
 
 
 def detect(raw) -> str | None:

@@ -81,6 +81,11 @@ def task(name: str, classes: Sequence[str], base: Path, parts: Mapping[str, tupl
     if len(trained) < 2:
         raise UserError(f"dataset {name} at {base}: train holds images of {len(trained)} class(es) "
                         f"({', '.join(classes[t] for t in trained)}); a classifier needs at least two")
+    for split, (_, ts) in parts.items():
+        if unseen := sorted(set(ts) - set(trained)):
+            raise UserError(f"dataset {name} at {base}: {split} holds images of classes that train lacks: "
+                            f"{', '.join(classes[t] for t in unseen[:8])}" + (" ..." if len(unseen) > 8 else "")
+                            + f" ({len(unseen)} in all); every class needs train images")
     splits = {split: ImageList(list(items), list(ts), read, source=str(Path(base).resolve()), **files)
               for split, (items, ts) in parts.items()}
     return Task(name=name, classes=list(classes), splits=splits)

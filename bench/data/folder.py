@@ -27,16 +27,25 @@ log = logging.getLogger(__name__)
 SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def class_files(base: Path, folder: str) -> tuple[list[str], list[str]]:
-    """(images, other files) under base/folder and its sub-folders, as sorted paths relative to `base`;
-    hidden files (`.DS_Store` ...) are neither."""
-    images, others = [], []
+def class_files(base: Path, folder: str) -> tuple[list[str], list[str], list[str]]:
+    """(images, other files, links skipped) under base/folder and its sub-folders, as sorted paths relative
+    to `base`; hidden files (`.DS_Store` ...) are neither. Links to folders are followed, except one that
+    leads back to a folder it is in (a loop, which would walk the tree again and again) or to a folder
+    already walked."""
+    images, others, loops, seen = [], [], [], set()
     for parent, subfolders, files in os.walk(base / folder, followlinks=True):
+        here = os.path.realpath(parent)
+        seen.add(here)
+        for sub in list(subfolders):
+            target = os.path.realpath(os.path.join(parent, sub))
+            if target in seen or (here + os.sep).startswith(target + os.sep):
+                subfolders.remove(sub)
+                loops.append(Path(parent, sub).relative_to(base).as_posix())
         subfolders.sort()  # walk in a fixed order: the split's fingerprint depends on it
         relative = Path(parent).relative_to(base).as_posix()
         for f in sorted(f for f in files if not f.startswith(".")):
             (images if f.lower().endswith(SUFFIXES) else others).append(f"{relative}/{f}")
-    return images, others
+    return images, others, loops
 
 
 def scan(base: Path, split: str, classes: list[str], warnings: list[str]) -> tuple[list[str], list[int]]:
@@ -47,8 +56,10 @@ def scan(base: Path, split: str, classes: list[str], warnings: list[str]) -> tup
         raise UserError(f"{base / split} has classes that train/ lacks: {', '.join(unknown)}")
     items, labels, empty = [], [], []
     skipped = sorted(f"{split}/{f.name}" for f in (base / split).iterdir() if f.is_file() and not f.name.startswith("."))
+    loops = []
     for c in folders:
-        files, others = class_files(base, f"{split}/{c}")
+        files, others, skipped_links = class_files(base, f"{split}/{c}")
+        loops += skipped_links
         items += files
         labels += [index[c]] * len(files)
         skipped += others
@@ -59,6 +70,10 @@ def scan(base: Path, split: str, classes: list[str], warnings: list[str]) -> tup
                         f"(images are files with the suffixes {', '.join(SUFFIXES)}, in {split}/<class>/ or below)")
     if not items:
         raise UserError(f"{base / split} holds no images (expected {split}/<class>/<image>, suffixes {SUFFIXES})")
+    if loops:
+        warnings.append(f"{base}: {len(loops)} link(s) in {split}/ lead back to a folder already walked and are "
+                        f"not followed: {', '.join(loops[:5])}" + (" ..." if len(loops) > 5 else ""))
+        log.warning(warnings[-1])
     if skipped:
         warnings.append(f"{base}: {len(skipped)} file(s) in {split}/ are not in a class folder or not images "
                         f"(suffixes {', '.join(SUFFIXES)}) and are skipped: {', '.join(skipped[:5])}"
@@ -89,8 +104,8 @@ def load(*, root, path: str | None, name: str | None = None, val_per_class: int 
                             f"dataset.load.val_fraction to carve it from train/")
         task = checks.carve_val(name, base, classes, train, test, seed=seed, per_class=val_per_class,
                                 fraction=val_fraction)
-        log.info("%s has no val/: carved %d of the %d train images as val (%s of each class, seeded)", base,
-                 len(task.splits["val"]), len(train[0]),
-                 f"{val_per_class}" if val_per_class is not None else f"{100 * val_fraction:g}%")
+        log.info("%s has no val/: carved %d of the %d train images as val (%s, seeded)", base,
+                 len(task.splits["val"]), len(train[0]), f"{val_per_class} of each class" if val_per_class is not
+                 None else f"{100 * val_fraction:g}% of each class, at least one")
     task.warnings = warnings
     return task

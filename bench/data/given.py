@@ -8,6 +8,7 @@ selection protocol carves val out of train (see `bench.protocol`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import pickle
 from pathlib import Path
 
@@ -75,6 +76,28 @@ def read(split: str, feat_path, label_path) -> tuple[torch.Tensor, torch.Tensor,
     return x.float(), y.long(), digest
 
 
+def listed(ids: list[int], most: int = 8) -> str:
+    return ", ".join(map(str, ids[:most])) + (f" ... ({len(ids)} in all)" if len(ids) > most else "")
+
+
+def check_labels(labels: dict[str, torch.Tensor], paths: dict[str, str]) -> None:
+    """The classes are the ids 0..K-1, each with train examples: a val or test class never seen in train
+    cannot be predicted (its examples only lower the score), and sparse ids (0, 100000) would make a head of
+    100,001 classes, most of them empty."""
+    trained = set(labels["train"].unique().tolist())
+    for split in ("val", "test"):
+        if split in labels and (unseen := sorted(set(labels[split].unique().tolist()) - trained)):
+            raise UserError(f"the {split} labels in {paths[split]} hold classes that never occur in train: "
+                            f"{listed(unseen)}; every {split} class needs train examples")
+    if (top := max(trained)) + 1 > len(trained):  # ids are >= 0 (read checks): some below the largest lack
+        gaps = list(itertools.islice((k for k in range(top) if k not in trained), 8))
+        raise UserError(f"the train labels in {paths['train']} must number the classes 0..K-1 without gaps: "
+                        f"they hold {len(trained)} classes up to {top}, and lack "
+                        f"{listed(gaps)}{' ...' if top + 1 - len(trained) > 8 else ''} "
+                        f"({top + 1 - len(trained)} in all); renumber them "
+                        f"(torch.unique(labels, return_inverse=True)[1])")
+
+
 def load(*, root=None, name: str, train_feat_path, train_label_path, test_feat_path, test_label_path,
          val_feat_path=None, val_label_path=None) -> FeatureSet:
     splits, hashes = {}, {}
@@ -88,6 +111,8 @@ def load(*, root=None, name: str, train_feat_path, train_label_path, test_feat_p
     if len(trained) < 2:
         raise UserError(f"the train labels in {train_label_path} hold {len(trained)} class(es) {trained}; "
                         f"a classifier needs at least two")
+    paths = {"train": train_label_path, "val": val_label_path, "test": test_label_path}
+    check_labels({split: y for split, (_, y) in splits.items()}, paths)
     dims = {split: x.shape[1] for split, (x, _) in splits.items()}
     if len(set(dims.values())) > 1:
         raise UserError(f"feature dimensions differ between splits: {dims}")

@@ -25,6 +25,9 @@ def carve(keys: Sequence[str], labels: Sequence[int], *, per_class: int | None =
     """
     if (per_class is None) == (fraction is None):
         raise ValueError("give exactly one of per_class and fraction")
+    if fraction is not None and not 0 < fraction < 1 or per_class is not None and per_class < 1:
+        raise ValueError(f"carve a fraction in (0, 1) or at least one item per class, not "
+                         f"{fraction if fraction is not None else per_class}")
     if len(set(keys)) != len(keys):
         raise ValueError("keys must be unique")
     by_class: dict[int, list[int]] = defaultdict(list)

@@ -2,7 +2,8 @@
 
     seabench status <overrides of the `seabench run -m` it describes>   that sweep
     seabench status [RESULTS_DIR]            the sweep last started under RESULTS_DIR (default: results)
-    seabench status ... --failed             the commands that re-run just its failed cells
+    seabench status ... --failed             the commands that re-run just its cells without a (current) record
+                                             (stale, failed, killed, or never started)
 
 One line per cell: done (its record), stale (a record whose data, weights file or device is not what a run
 would sign now: `bench.job.checker`, which the CLI hands in, as this package imports nothing of a run),
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import UserError
-from bench.config import CONF, check_choices, read_yaml, register_resolvers
+from bench.config import CONF, GROUPS, check_choices, check_dataset, read_yaml, register_resolvers
 from bench.sweep import cells
 
 STATES = ("done", "stale", "running", "failed", "missing")
@@ -53,8 +54,11 @@ def expand(argv: list[str]) -> Sweep:
     parser = OverridesParser.create()
     try:
         fixed = [o.input_line for o in parser.parse_overrides(argv) if not o.is_sweep_override()]
+        # Hydra's own settings (launcher, sweeper params) from the fixed overrides, without those inside a
+        # group (`method.grid.lr=...`), which need the group's swept choice (sgd, not the default linear)
+        outside = [o for o in fixed if key(o).split(".")[0] not in GROUPS or "." not in key(o)]
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            hydra = compose("config", overrides=fixed, return_hydra_config=True).hydra
+            hydra = compose("config", overrides=outside, return_hydra_config=True).hydra
             params = [f"{k}={v}" for k, v in (hydra.sweeper.params or {}).items()]
             (lists,) = BasicSweeper.split_arguments(parser.parse_overrides(params + argv), None)
             configs = compose_all(lists, lambda o: OmegaConf.to_container(compose("config", overrides=o),
@@ -75,7 +79,8 @@ def compose_all(lists: list[list[str]], compose) -> list[dict]:
     instead of 660 for experiment=transfer11."""
     common = set.intersection(*(set(cell) for cell in lists))
     swept = {key(o) for cell in lists for o in cell if o not in common}
-    if not swept <= {"backbone", "dataset", "method", "protocol"}:
+    inside = any(key(o).split(".")[0] in swept for o in common)  # `method.grid.lr=...` needs each cell's method
+    if not swept <= {"backbone", "dataset", "method", "protocol"} or inside:
         return [compose(cell) for cell in lists]
     fixed = [o for o in lists[0] if key(o) not in swept]
     base, nodes = compose(fixed), {}
@@ -110,15 +115,20 @@ def rerun(sweep: Sweep, i: int) -> str:
 
 
 def status_main(argv: list[str], checker=None) -> int:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__.strip())
+        return 0
     failed_only = "--failed" in argv
     argv = [a for a in argv if a not in ("--failed", "-m", "--multirun")]  # `run -m`'s own words are welcome
     if len(argv) <= 1 and all("=" not in a for a in argv):  # nothing, or a results dir
         argv = last_sweep(Path(argv[0] if argv else "results"))
     sweep = expand(argv)
+    for config in sweep.configs:  # a cell's markers are named after its dataset (a folder's: its path)
+        check_dataset(config["dataset"], config["protocol"])
     found = states(sweep, checker)
     if failed_only:
         for i, (state, _) in enumerate(found):
-            if state == "failed":
+            if state in ("stale", "failed", "missing"):  # killed cells are missing (no record, no live job)
                 print(rerun(sweep, i))
         return 0
     width = max(len(sweep.varying(i)) for i in range(len(found)))
