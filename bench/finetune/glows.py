@@ -103,8 +103,8 @@ def trained(train: ImageList, val: ImageList | None, *, settings: dict, cache_di
     glow.load_state_dict(entry["state"])
     glow = glow.to(device).eval().requires_grad_(False)
     info = entry["info"]
-    note = {"key": name, "path": str(path), "cached": hit, "seconds": round(time.perf_counter() - start, 3),
-            "images": 0 if hit else info["images"], **info}
+    note = {**info, "key": name, "path": str(path), "cached": hit,
+            "seconds": round(time.perf_counter() - start, 3), "images": 0 if hit else info["training_images"]}
     log.info("Glow %s: bits/dim %.3f on val (%s)", name[:12], info["bits_per_dim_val"] or math.nan,
              "cache hit" if hit else f"trained in {info['training_seconds']:.0f} s")
     return glow, note
@@ -175,7 +175,7 @@ def fit(train: ImageList, val: ImageList | None, settings: dict, *, device: torc
     bar.close()
     glow.eval()
     dims = 3 * side * side
-    info = {**{k: settings[k] for k in KEYS}, "images": steps * batch, "device": str(device),
+    info = {**{k: settings[k] for k in KEYS}, "training_images": steps * batch, "device": str(device),
             "training_seconds": round(spent + time.perf_counter() - start, 3),
             "bits_per_dim_train": round(float(bits_per_dim(torch.tensor(recent).mean(), dims)), 4) if recent else None,
             "bits_per_dim_val": evaluate(glow, val, side=side, seed=seed, device=device) if val is not None else None,
