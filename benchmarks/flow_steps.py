@@ -20,7 +20,6 @@ import copy
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -29,11 +28,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.finetune import loop, perturbation  # noqa: E402
-from bench.finetune.glow import Glow  # noqa: E402
-from bench.finetune.net import Net  # noqa: E402
+from bench.finetune import loop, perturbation
+from bench.finetune.glow import Glow
+from bench.finetune.net import Net
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

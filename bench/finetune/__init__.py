@@ -33,7 +33,8 @@ from bench.finetune.net import Net, predict
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = ("lr", "lr_weight_decay", "seed")  # what a training run of the record is named by
+GRID_KEYS = ("lr", "lr_weight_decay", "seed", "mode", "eps")  # what a training run of the record is named by
+# (mode, eps: method=finetune_flow's)
 
 
 def check(params: dict, grid: dict, settings: dict) -> None:
@@ -97,7 +98,7 @@ def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: in
             add(cost, f"fit_{fit_on}", result["train"])
             add(cost, f"predict_{score_on}", result["predict"])
             cost.setdefault("runs", []).append({"fit_on": fit_on, "score_on": score_on,
-                                                **{key: point[key] for key in GRID_KEYS},
+                                                **{key: point[key] for key in GRID_KEYS if key in point},
                                                 "seconds": result["train"]["seconds"],
                                                 "finite": result["train"]["finite"]})
             preds.append(result["pred"])
