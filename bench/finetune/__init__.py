@@ -1,8 +1,8 @@
 """Fine-tuning (`method=finetune`): backbone + linear head trained end to end on the images, with the
 auxiliary losses that bring ISDA, A-FAN and AugSelf in their native end-to-end form (isda.py, afan.py,
 augself.py), and the flow seed's latent perturbations of each batch (method=finetune_flow: glow.py the
-Glow, glows.py its training and cache, perturbation.py the perturbations). The protocol drives it through the same rules as the feature methods (bench.protocol.choose
-/ fixed): `learner` is its `fit_score`.
+Glow, glows.py its training and cache, perturbation.py the perturbations). The protocol drives it through
+the same rules as the feature methods (bench.protocol.choose / fixed): `learner` is its `fit_score`.
 
 Every training run (one grid point and seed, on one split) lives in its own folder under the job's work
 folder, named by the hash of its complete hyperparameters: its checkpoint while it trains, then its
