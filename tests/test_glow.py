@@ -213,6 +213,10 @@ def test_settings_that_cannot_work_are_one_sentence_before_any_work():
         glows.check(SETTINGS | {"resolution": 12, "levels": 3})
     with pytest.raises(UserError, match="glow.hidden must be a positive integer"):
         glows.check(SETTINGS | {"hidden": 0})
+    with pytest.raises(UserError, match="glow.seed must be a non-negative integer"):
+        glows.check(SETTINGS | {"seed": -1})
+    with pytest.raises(UserError, match="glow.lr must be a positive number"):
+        glows.check(SETTINGS | {"lr": 0})
     params = {"mode": "adv", "eps": 1.0, "norm": "l2", "pgd_steps": 3, "alpha": 0.5, "ratio": 1.0,
               "decode": "official"}
     perturbation.check(params, {"mode": ["rand", "adv"], "eps": [1.0, 20.0]})

@@ -51,6 +51,8 @@ def check(settings: dict) -> None:
     for k in ("resolution", "levels", "steps_per_level", "hidden", "train_steps", "batch_size"):
         if not isinstance(settings[k], int) or isinstance(settings[k], bool) or settings[k] < 1:
             raise UserError(f"method.params.glow.{k} must be a positive integer, not {settings[k]!r}")
+    if not isinstance(settings["seed"], int) or isinstance(settings["seed"], bool) or settings["seed"] < 0:
+        raise UserError(f"method.params.glow.seed must be a non-negative integer, not {settings['seed']!r}")
     side = 2 ** settings["levels"]
     if settings["resolution"] % side:
         raise UserError(f"method.params.glow.resolution must be a multiple of 2 ** levels = {side} (each level "
