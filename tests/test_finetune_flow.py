@@ -161,3 +161,25 @@ def test_the_command_line_records_the_glows_cost_and_bits_per_dim_and_reuses_it(
     assert sorted(r["cost"]["stages"]["glow"]["cached"] for r in records) == [False, True]
     bad = seabench(*args, "method.params.glow.resolution=10", check=False)
     assert bad.returncode != 0 and "multiple of 2 ** levels" in bad.stdout + bad.stderr
+
+
+def test_two_jobs_at_one_glow_train_it_once(task, tmp_path, monkeypatch):
+    """Two callers meet at the entry's lock: one trains, the other waits and reads its entry."""
+    import threading
+
+    fits, fit = [], glows.fit
+    monkeypatch.setattr(glows, "fit", lambda *a, **k: fits.append(1) or fit(*a, **k))
+    notes = []
+
+    def job():
+        notes.append(glows.trained(task.splits["train"], task.splits["val"], settings=TINY | {"train_steps": 6},
+                                   cache_dir=tmp_path, device=torch.device("cpu"), checkpoint_every=1000,
+                                   num_workers=0)[1])
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fits) == 1 and sorted(n["cached"] for n in notes) == [False, True]
+    assert notes[0]["key"] == notes[1]["key"]
