@@ -82,7 +82,7 @@ def finetune_outcome(config: dict, backbone, task: Task, *, device, seeds: list[
     method, prot = config["method"], config["protocol"]
     fit_score, labels = finetune.learner(backbone=backbone, splits=task.splits, num_classes=num_classes,
                                          device=device, work_dir=work_dir, settings=config["finetune"],
-                                         cost=cost)
+                                         cost=cost, cache_dir=Path(config["cache_dir"]).expanduser())
     grid = {"grid": method["grid"]} if prot["name"] == "selection" else {}
     outcome = FINETUNE_RULES[prot["name"]](fit_score, labels, params=method["params"], seeds=seeds,
                                            metric=config["dataset"]["metric"], **grid)

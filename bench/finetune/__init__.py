@@ -1,7 +1,8 @@
 """Fine-tuning (`method=finetune`): backbone + linear head trained end to end on the images, with the
 auxiliary losses that bring ISDA, A-FAN and AugSelf in their native end-to-end form (isda.py, afan.py,
-augself.py). The protocol drives it through the same rules as the feature methods (bench.protocol.choose
-/ fixed): `learner` is its `fit_score`.
+augself.py), and the flow seed's latent perturbations of each batch (method=finetune_flow: glow.py the
+Glow, glows.py its training and cache, perturbation.py the perturbations). The protocol drives it through
+the same rules as the feature methods (bench.protocol.choose / fixed): `learner` is its `fit_score`.
 
 Every training run (one grid point and seed, on one split) lives in its own folder under the job's work
 folder, named by the hash of its complete hyperparameters: its checkpoint while it trains, then its
@@ -27,12 +28,13 @@ from torch.utils.data import ConcatDataset
 from bench import UserError, digest
 from bench.backbones import Backbone
 from bench.data import ImageList
-from bench.finetune import checkpoint, isda, loop
+from bench.finetune import checkpoint, glows, isda, loop, perturbation
 from bench.finetune.net import Net, predict
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = ("lr", "lr_weight_decay", "seed")  # what a training run of the record is named by
+GRID_KEYS = ("lr", "lr_weight_decay", "seed", "mode", "eps")  # what a training run of the record is named by
+# (mode, eps: method=finetune_flow's)
 
 
 def check(params: dict, grid: dict, settings: dict) -> None:
@@ -49,6 +51,9 @@ def check(params: dict, grid: dict, settings: dict) -> None:
         raise UserError(f"learning rates must be positive numbers, not {lrs}")
     if params["isda"]["enabled"] and params["isda"]["cov"] not in isda.COVS:
         raise UserError(f"method.params.isda.cov must be one of {isda.COVS}, not {params['isda']['cov']!r}")
+    if "glow" in params:  # method=finetune_flow
+        glows.check(params["glow"])
+        perturbation.check(params, grid)
 
 
 def network(backbone: Backbone, params: dict, *, num_classes: int, seed: int) -> Net:
@@ -63,13 +68,15 @@ def network(backbone: Backbone, params: dict, *, num_classes: int, seed: int) ->
 
 
 def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: int, device: torch.device,
-            work_dir: Path, settings: dict, cost: dict):
+            work_dir: Path, settings: dict, cost: dict, cache_dir: Path | None = None):
     """`fit_score(points, fit_on, score_on)` for bench.protocol, and the labels of the splits.
 
     `settings`: micro_batch, num_workers, checkpoint_every, compile, eval_batch_size (the unsigned
     `finetune` block of the config: they change how fast, not what). `cost` collects per stage the wall
-    seconds, images and steps."""
+    seconds, images and steps (and, for method=finetune_flow, the Glow's note under cost["stages"]["glow"]).
+    `cache_dir`: where trained Glows are kept (method=finetune_flow)."""
     images = {**splits, "train+val": ConcatDataset([splits["train"], splits["val"]])}
+    trained = {}  # the Glows of this job, by their settings: trained on the train split (bits/dim on val)
 
     def fit_score(points: list[dict], fit_on: str, score_on: str, start=None) -> tuple[torch.Tensor, None]:
         # `start` is ignored: each run starts from the backbone's weights and a fresh head
@@ -91,7 +98,7 @@ def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: in
             add(cost, f"fit_{fit_on}", result["train"])
             add(cost, f"predict_{score_on}", result["predict"])
             cost.setdefault("runs", []).append({"fit_on": fit_on, "score_on": score_on,
-                                                **{key: point[key] for key in GRID_KEYS},
+                                                **{key: point[key] for key in GRID_KEYS if key in point},
                                                 "seconds": result["train"]["seconds"],
                                                 "finite": result["train"]["finite"]})
             preds.append(result["pred"])
@@ -102,13 +109,29 @@ def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: in
         spent = loop.train(net, train, point=point, preprocess=backbone.preprocess, device=device,
                            path=folder / "checkpoint.pt", micro_batch=settings["micro_batch"],
                            num_workers=settings["num_workers"], checkpoint_every=settings["checkpoint_every"],
-                           compile=settings["compile"], desc=desc)
+                           compile=settings["compile"], desc=desc, perturb=hook(point))
         start = time.perf_counter()
         pred = predict(net, scored.with_transform(backbone.transform), batch_size=settings["eval_batch_size"],
                        num_workers=settings["num_workers"], device=device, amp=loop.autocast_ok(device),
                        desc=f"{desc} predict")
         return {"pred": pred, "train": spent,
                 "predict": {"seconds": round(time.perf_counter() - start, 3), "images": len(scored)}}
+
+    def hook(point: dict):
+        """method=finetune_flow: the latent perturbation of each batch, with the Glow trained once per job."""
+        if "glow" not in point:
+            return None
+        name = digest(point["glow"])
+        if name not in trained:
+            if cache_dir is None:
+                raise UserError("method=finetune_flow needs a cache_dir for its Glow")
+            trained[name], note = glows.trained(splits["train"], splits.get("val"), settings=point["glow"],
+                                                cache_dir=cache_dir, device=device,
+                                                checkpoint_every=settings["checkpoint_every"],
+                                                num_workers=settings["num_workers"])
+            cost.setdefault("stages", {})["glow"] = note
+        return perturbation.Latent(trained[name], point=point, preprocess=backbone.preprocess,
+                                   amp=loop.autocast_ok(device))
 
     return fit_score, {name: torch.tensor(s.labels) for name, s in splits.items()}
 

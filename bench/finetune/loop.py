@@ -84,9 +84,11 @@ def build(net: Net, point: dict):
 
 
 def train(net: Net, images: Dataset, *, point: dict, preprocess: dict, device: torch.device, path: Path,
-          micro_batch: int | None, num_workers: int, checkpoint_every: int, compile: bool, desc: str) -> dict:
+          micro_batch: int | None, num_workers: int, checkpoint_every: int, compile: bool, desc: str,
+          perturb=None) -> dict:
     """Train `net` in place for point["steps"] steps, resuming from `path` when a checkpoint is there;
-    return the cost: wall seconds (summed over resumed sessions), images and steps."""
+    return the cost: wall seconds (summed over resumed sessions), images and steps. `perturb`: a hook that
+    sets the views' recipe and changes each micro-batch (bench.finetune.perturbation.Latent)."""
     cuda, amp = device.type == "cuda", autocast_ok(device)
     net.to(device)
     if cuda:
@@ -103,7 +105,7 @@ def train(net: Net, images: Dataset, *, point: dict, preprocess: dict, device: t
         log.info("%s: resuming from step %d of %d (%s)", desc, step, point["steps"], path)
     steps, batch = point["steps"], point["batch_size"]
     micro = min(micro_batch or batch, batch)
-    views = recipe(point, preprocess)
+    views = recipe(point, preprocess) if perturb is None else perturb.views(recipe(point, preprocess))
     loader = DataLoader(Views(images, **views), num_workers=num_workers, pin_memory=cuda,
                         batch_sampler=Steps(len(images), batch_size=batch, micro_batch=micro, steps=steps,
                                             start=step, seed=point["seed"]))
@@ -120,6 +122,8 @@ def train(net: Net, images: Dataset, *, point: dict, preprocess: dict, device: t
     with checkpoint.sigterm_noted() as sigterm:
         for i, (x, params, y) in enumerate(loader):
             x, params, y = x.to(device, non_blocking=True), params.to(device), y.to(device)
+            if perturb is not None:
+                x = perturb(net, x, step=step, micro=i % per_step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = micro_loss(net, parts, x, params, y, point=point, n_train=len(images), step=step)
             (loss * (len(y) / batch)).backward()
