@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed.py, gpu_images.py ... beside this file
 import gpu_cost
+from flow_steps import cifar10_estimate, step_seconds
 from gpu_images import bench_extraction, bench_finetune, timed
 from speed import grid_of, method_config, synthetic_features
 
@@ -49,12 +50,14 @@ SIZES = {  # full: the check on a GPU (Food-101: 75,750 train+val = 68,175 + 7,5
     "full": {"images": 5000, "jpeg": (384, 512), "arch": "resnet50", "input": 224, "probe_rows": 75_750,
              "probe_held_out": 7_575, "rows": 68_175, "classes": 101, "dim": 2048, "epochs": 2,
              "ft_batch": 64, "ft_steps": 20, "loop_steps": 10, "compile_backend": "inductor",
-             "sklearn_budget_s": 90},
+             "sklearn_budget_s": 90, "flow": {"resolutions": [32, 224], "levels": 3, "steps_per_level": 32,
+                                              "hidden": 512, "batch": 64}},
     "tiny": {"images": 24, "jpeg": (48, 64), "arch": "test_resnet", "input": 32, "probe_rows": 300,
              "probe_held_out": 100, "rows": 300, "classes": 5, "dim": 32, "epochs": 1, "ft_batch": 8,
-             "ft_steps": 2, "loop_steps": 2, "compile_backend": "eager", "sklearn_budget_s": 60},
+             "ft_steps": 2, "loop_steps": 2, "compile_backend": "eager", "sklearn_budget_s": 60,
+             "flow": {"resolutions": [8], "levels": 1, "steps_per_level": 2, "hidden": 8, "batch": 4}},
 }
-SECTIONS = ("extraction", "probe", "methods", "finetune", "table")
+SECTIONS = ("extraction", "probe", "methods", "finetune", "table", "flow")
 log = logging.getLogger("gpu")
 
 
@@ -205,6 +208,28 @@ def bench_table(args, size: dict, figures: dict, report: Report) -> None:
                f"per dataset at finetune_loop_images_per_s, with their predictions{note}")
 
 
+def bench_flow(args, size: dict, device: torch.device, report: Report) -> None:
+    """method=finetune_flow (issue 22): one Glow training step and one perturbed fine-tuning step (adv: 3 L2
+    PGD steps; rand) beside a plain one, at each Glow resolution (32 px as the paper's CIFAR runs, and 224 px),
+    with the official Glow (3 x 32 x 512) and the table's backbone; then a CIFAR-10 cell's cost from them."""
+    flow = size["flow"]
+    for resolution in flow["resolutions"]:
+        got = step_seconds(resolution=resolution, device=device, arch=size["arch"], input_size=size["input"],
+                           batch=flow["batch"], levels=flow["levels"], steps_per_level=flow["steps_per_level"],
+                           hidden=flow["hidden"], repeats=1 if args.tiny else 3)
+        report.data.setdefault("flow", {})[str(resolution)] = got
+        for key in ("glow", "finetune", "finetune_flow_adv", "finetune_flow_rand"):
+            report.add(f"flow_{resolution}px_{key}_step_s", got[f"{key}_step_s"], "s",
+                       f"one {key.replace('_', ' ')} step, Glow at {resolution} px, {size['arch']} at "
+                       f"{size['input']} px", batch=got[f"{key}_batch"])
+        if not args.tiny and resolution == 32:
+            cost = cifar10_estimate(got)
+            report.data["flow"]["cifar10_estimate"] = cost
+            report.add("flow_cifar10_glow_hours", cost["glow_hours"], "GPU-hours", "the Glow's 195,500 steps")
+            report.add("flow_cifar10_grid_hours", cost["grid_hours"], "GPU-hours", "finetune_flow's default grid "
+                       "on CIFAR-10 (5,000 steps per run)")
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
 
@@ -257,6 +282,7 @@ def main(argv=None) -> int:
             "finetune": lambda: figures.update(finetune_images_per_s=bench_finetune(
                 args, size, device, report, Path(tmp), left)),
             "table": lambda: bench_table(args, size, figures, report),
+            "flow": lambda: bench_flow(args, size, device, report),
         }
         for name, run in sections.items():
             if name not in args.only:

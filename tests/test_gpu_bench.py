@@ -20,7 +20,8 @@ FIGURES = ["extraction_images_per_s", "extraction_bare_images_per_s", "extractio
            *(f"method_{m}_seconds_per_point" for m in gpu.METHODS), "finetune_loop_images_per_s",
            "finetune_step_images_per_s", "finetune_step_channels_last_images_per_s",
            "finetune_step_channels_last_compiled_images_per_s", "finetune_step_compiled_images_per_s",
-           "table_feature_gpu_hours", "table_finetune_gpu_hours"]
+           "table_feature_gpu_hours", "table_finetune_gpu_hours",
+           *(f"flow_8px_{k}_step_s" for k in ("glow", "finetune", "finetune_flow_adv", "finetune_flow_rand"))]
 
 
 @pytest.mark.heavy
