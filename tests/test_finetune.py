@@ -141,6 +141,38 @@ def test_isda_logits_add_the_quadratic_form_of_the_class_covariance(cov):
     torch.testing.assert_close(isda.loss(logits, W, S, y, 0.3), expected)
 
 
+def test_isda_update_and_loss_run_in_float32_inside_bf16_autocast():
+    """As loop.micro_loss calls them under bfloat16 autocast (CPU autocast here, a GPU's in real runs): the
+    estimator and the quadratic term equal their float32 values; without the guard bf16 is ~1e-3 off."""
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 32, generator=gen) * 3 + 1
+    y = torch.arange(64) % 4
+    W = torch.randn(4, 32, generator=gen, requires_grad=True)
+    logits = feats @ W.detach().T
+    plain, mixed = isda.Estimator(4, 32, "full"), isda.Estimator(4, 32, "full")
+    plain.update(feats, y)
+    want = isda.loss(logits, W, plain.cov, y, 0.5)
+    (want_grad,) = torch.autograd.grad(want, W)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed.update(feats, y)
+        got = isda.loss(logits, W, mixed.cov, y, 0.5)
+        unguarded = isda.spread(W.detach(), plain.cov, y)  # the quadratic term without loss()'s guard
+    (got_grad,) = torch.autograd.grad(got, W)
+    assert got.dtype == torch.float32 and mixed.cov.dtype == torch.float32
+    torch.testing.assert_close(mixed.cov, plain.cov, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+    exact = isda.spread(W.detach(), plain.cov, y)
+    assert ((unguarded - exact).abs().max() / exact.abs().max()) > 1e-4  # what the guard prevents
+
+
+def test_isda_auto_covariance_is_full_where_it_fits():
+    assert isda.resolve("auto", num_classes=10, dim=512) == "full"
+    assert isda.resolve("auto", num_classes=100, dim=2048) == "diag"  # 100 x 2048 x 2048 > 2^28
+    assert isda.Estimator(3, 4, "auto").cov.shape == (3, 4, 4)
+    assert isda.Estimator(3, 4, "diag").cov.shape == (3, 4)
+
+
 def test_isda_lambda_ramps_per_epoch():
     # 100 images, batch 10, 50 steps: 5 epochs; lambda0 * epoch / epochs, epoch counted from 0
     assert [isda.ratio(lambda0=7.5, step=s, steps=50, batch_size=10, n=100) for s in (0, 9, 10, 49)] == \

@@ -93,7 +93,9 @@ def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: in
             cost.setdefault("runs", []).append({"fit_on": fit_on, "score_on": score_on,
                                                 **{key: point[key] for key in GRID_KEYS},
                                                 "seconds": result["train"]["seconds"],
-                                                "finite": result["train"]["finite"]})
+                                                "finite": result["train"]["finite"],
+                                                **({"isda_cov": result["train"]["isda_cov"]}
+                                                   if "isda_cov" in result["train"] else {})})
             preds.append(result["pred"])
         return torch.stack(preds), None
 
@@ -107,6 +109,8 @@ def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: in
         pred = predict(net, scored.with_transform(backbone.transform), batch_size=settings["eval_batch_size"],
                        num_workers=settings["num_workers"], device=device, amp=loop.autocast_ok(device),
                        desc=f"{desc} predict")
+        if net.estimator is not None:
+            spent["isda_cov"] = net.estimator.kind  # what cov=auto became
         return {"pred": pred, "train": spent,
                 "predict": {"seconds": round(time.perf_counter() - start, 3), "images": len(scored)}}
 
