@@ -93,7 +93,7 @@ def test_gradient_accumulation_gives_the_step_of_the_whole_batch(backbone, task,
 
 
 def test_every_auxiliary_loss_at_once_trains(backbone, task, tmp_path):
-    p = point(steps=4, isda={"enabled": True, "cov": "full"}, afan={"enabled": True, "reinject": True},
+    p = point(steps=4, isda={"enabled": True, "cov": "full"}, afan={"enabled": True, "reinject": 2},
               augself={"enabled": True})
     net, cost = train(backbone, task, p, tmp_path)
     assert cost["finite"] and cost["images"] == 4 * 16 * 2  # two views per image
@@ -220,6 +220,30 @@ def test_afan_reinjection_matches_a_hand_computation():
     # position 1: h (0, 4) mean 2 std 2; adv (1, 5) mean 3 std 2 -> 2 * (h - 2) / 2 + 3 = (1, 5)
     expected = torch.tensor([[[[2.0, 1.0]], [[2.0, 5.0]]]])
     torch.testing.assert_close(afan.reinject(h, adv, eps=0.0), expected)
+
+
+@pytest.mark.parametrize("n", [0, 4])
+def test_afan_loss_equals_the_official_training_step(backbone, n):
+    """The classification code's 0.5 (clean + adversarial) at n 0; Detection/py/train_sat_mix.py's form at n 4:
+    get_sample_points(fm, fm_adv, 5), mix_feature of points 1..4, 0.2 x (clean + the four), re-typed."""
+    from reference import official_mix_feature, official_sample_points
+
+    torch.manual_seed(0)
+    model = copy.deepcopy(backbone.model).eval()
+    front, back = afan.split(model, 1)
+    head = torch.nn.Linear(model.num_features, 10)
+    x, y = torch.randn(6, 3, 16, 16), torch.arange(6)
+    h = front(x)
+    clean = F.cross_entropy(head(back(h)), y)
+    got = afan.combined_loss(clean, h, y, back=back, head=head, steps=2, gamma=0.05, eps=None, reinject_strengths=n)
+    fm = h.detach()
+    fm_adv = afan.ascend(fm, y, lambda z: head(back(z)), steps=2, gamma=0.05, eps=None)
+    if n == 0:
+        want = 0.5 * (clean + F.cross_entropy(head(back(fm_adv)), y))
+    else:
+        points = official_sample_points(fm, fm_adv, 5)
+        want = 0.2 * (clean + sum(F.cross_entropy(head(back(official_mix_feature(fm, p))), y) for p in points[1:]))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ---- AugSelf -----------------------------------------------------------------------------------------------

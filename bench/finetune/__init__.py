@@ -47,6 +47,9 @@ def check(params: dict, grid: dict, settings: dict) -> None:
     lrs = [params["lr"], *grid.get("lr", [])]
     if not all(isinstance(lr, (int, float)) and lr > 0 for lr in lrs):
         raise UserError(f"learning rates must be positive numbers, not {lrs}")
+    reinject = params["afan"]["reinject"]
+    if params["afan"]["enabled"] and (not isinstance(reinject, int) or isinstance(reinject, bool) or reinject < 0):
+        raise UserError(f"method.params.afan.reinject must be a whole number of strengths (0 = off), not {reinject!r}")
     if params["isda"]["enabled"] and params["isda"]["cov"] not in isda.COVS:
         raise UserError(f"method.params.isda.cov must be one of {isda.COVS}, not {params['isda']['cov']!r}")
 

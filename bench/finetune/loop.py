@@ -59,9 +59,8 @@ def micro_loss(net: Net, parts, x, params, y, *, point: dict, n_train: int, step
         loss = F.cross_entropy(logits.float(), labels)
     if front is not None:
         a = point["afan"]
-        adv = afan.adversarial_logits(h, labels, back=back, head=head, steps=a["steps"], gamma=a["gamma"],
-                                      eps=a["eps"], reinjected=a["reinject"])
-        loss = 0.5 * (loss + F.cross_entropy(adv.float(), labels))
+        loss = afan.combined_loss(loss, h, labels, back=back, head=head, steps=a["steps"], gamma=a["gamma"],
+                                  eps=a["eps"], reinject_strengths=a["reinject"])
     if net.predictors is not None:
         s = point["augself"]
         loss = loss + augself.loss(net.predictors, features[:m].float(), features[m:].float(), params[:, 0],
