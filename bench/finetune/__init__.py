@@ -47,6 +47,14 @@ def check(params: dict, grid: dict, settings: dict) -> None:
     lrs = [params["lr"], *grid.get("lr", [])]
     if not all(isinstance(lr, (int, float)) and lr > 0 for lr in lrs):
         raise UserError(f"learning rates must be positive numbers, not {lrs}")
+    v = params["views"]
+    if v["count"] not in (1, 2) or not all(isinstance(v[k], (int, float)) and 0 <= v[k] <= 1
+                                           for k in ("grayscale", "blur")):
+        raise UserError(f"method.params.views: count must be 1 or 2 and grayscale, blur probabilities in [0, 1], "
+                        f"not {v['count']!r}, {v['grayscale']!r}, {v['blur']!r}")
+    if params["augself"]["enabled"] and (v["count"] != 2 or not v["jitter"]):
+        raise UserError("method.params.augself needs two jittered views: views.count 2 and a views.jitter "
+                        "(as method=finetune_augself sets)")
     reinject = params["afan"]["reinject"]
     if params["afan"]["enabled"] and (not isinstance(reinject, int) or isinstance(reinject, bool) or reinject < 0):
         raise UserError(f"method.params.afan.reinject must be a whole number of strengths (0 = off), not {reinject!r}")
