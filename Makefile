@@ -29,11 +29,14 @@ demo-augment: install
 # fine-tuning on the demo's data: the random-init ResNet-10-T end to end at the demo's 64 px, 200 steps of
 # 32 images, lr 0.1 or 0.01 (largest first, as ssl-transfer: a tie goes to it), one seed (3 training runs
 # each; too long for `make demo`): plain, finetune_twoview (AugSelf's two views, no auxiliary loss) and
-# finetune_augself, so the table shows what AugSelf's views and its own loss each add; rows join the demo's
+# finetune_augself, so the table shows what AugSelf's views and its own loss each add; rows join the demo's.
+# One run per method: a Hydra sweep over methods cannot also set their params
 demo-finetune: install
-	$(BIN)/seabench run -m dataset=digits backbone=random_resnet10t method=finetune,finetune_twoview,finetune_augself \
-		seeds=1 method.params.steps=200 method.params.batch_size=32 'method.grid.lr=[0.1,0.01]' \
-		'method.grid.lr_weight_decay=[0.0]'
+	for method in finetune finetune_twoview finetune_augself; do \
+		$(BIN)/seabench run dataset=digits backbone=random_resnet10t method=$$method seeds=1 \
+			method.params.steps=200 method.params.batch_size=32 'method.grid.lr=[0.1,0.01]' \
+			'method.grid.lr_weight_decay=[0.0]' || exit 1; \
+	done
 	$(BIN)/seabench table
 
 table: install
