@@ -1,7 +1,7 @@
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install demo demo-finetune demo-flow table test lint gpu-wheels bench-gpu
+.PHONY: install demo demo-augment demo-finetune demo-flow table test lint gpu-wheels bench-gpu
 
 # the virtual environment, rebuilt when the project's dependencies change
 $(VENV)/.installed: pyproject.toml
@@ -17,12 +17,26 @@ demo: install
 	$(BIN)/seabench run -m experiment=demo
 	$(BIN)/seabench table
 
+# the feature augmentations with their ablation rows, on the demo's data: linear (the table's baseline), the
+# sgd pipeline, isda (full covariance), afan (re-injection in its grid), flow (the official CIFAR settings)
+# and flow_linear (the same perturbations through the PCA whitening alone: what the flow's coupling layers
+# add) on pixels and the random-init ResNet-10-T; records shared with `make demo` are not run again
+demo-augment: install
+	$(BIN)/seabench run -m dataset=digits backbone=pixels,random_resnet10t \
+		method=linear,sgd,isda,afan,flow,flow_linear
+	$(BIN)/seabench table
+
 # fine-tuning on the demo's data: the random-init ResNet-10-T end to end at the demo's 64 px, 200 steps of
-# 32 images, lr 0.01 or 0.1, one seed (3 training runs; too long for `make demo`); its row joins the demo's
+# 32 images, lr 0.1 or 0.01 (largest first, as ssl-transfer: a tie goes to it), one seed (3 training runs
+# each; too long for `make demo`): plain, finetune_twoview (AugSelf's two views, no auxiliary loss) and
+# finetune_augself, so the table shows what AugSelf's views and its own loss each add; rows join the demo's.
+# One run per method: a Hydra sweep over methods cannot also set their params
 demo-finetune: install
-	$(BIN)/seabench run dataset=digits backbone=random_resnet10t method=finetune seeds=1 \
-		method.params.steps=200 method.params.batch_size=32 'method.grid.lr=[0.01,0.1]' \
-		'method.grid.lr_weight_decay=[0.0]'
+	for method in finetune finetune_twoview finetune_augself; do \
+		$(BIN)/seabench run dataset=digits backbone=random_resnet10t method=$$method seeds=1 \
+			method.params.steps=200 method.params.batch_size=32 'method.grid.lr=[0.1,0.01]' \
+			'method.grid.lr_weight_decay=[0.0]' || exit 1; \
+	done
 	$(BIN)/seabench table
 
 # the flow seed in its native form on the demo's data: a tiny Glow (8 px, 2 levels x 4 steps, 32 channels, 400

@@ -9,6 +9,8 @@ candidate, is not installed here and brings more than we use).
 Pipeline: p = (x - mean) V (the top `dim` principal directions of the fitted features), u = p / scale
 (whitened: each coordinate has unit variance, the flow's base distribution's), z = flow(u). The residual
 x - mean - V p is not modelled: a perturbation changes p only, the residual is added back unchanged.
+With `transforms` 0 there are no coupling layers: z = u, the PCA whitening alone (the `flow_linear`
+ablation: the same perturbations through the flow's linear part only); nothing is trained.
 
 A fit is cached under the sha256 of everything that changes it: the feature matrix's bytes and dtype,
 the fit's settings, the code version and the zuko and torch versions. Entries are written to a temporary
@@ -60,6 +62,8 @@ class Codec:
     @classmethod
     def ordered(cls, mean, basis, scale, flow) -> Codec:
         layers = flow.transform.transforms
+        if not layers:  # whitening only: the coordinates in their own order, no halves
+            return cls(mean, basis, scale, flow, torch.arange(len(scale), device=basis.device), len(scale), ())
         if any(layer.univariate is not zuko.transforms.MonotonicAffineTransform or layer.total != 2 for layer in layers):
             raise ValueError("the flow's layers must be zuko's affine couplings (RealNVP's)")
         masks = [layer.mask for layer in layers]
@@ -122,8 +126,13 @@ def build(dim: int, *, transforms: int, hidden: int) -> zuko.flows.Flow:
 
 def train_flow(U: torch.Tensor, *, transforms: int, hidden: int, epochs: int, batch_size: int, lr: float,
                seed: int, desc: str) -> tuple[zuko.flows.Flow, dict]:
-    """A flow fitted by maximum likelihood (Adam) on the whitened coordinates U [N, k], in float32."""
+    """A flow fitted by maximum likelihood (Adam) on the whitened coordinates U [N, k], in float32; with no
+    coupling layers, nothing to fit (the likelihood is the standard normal's of U)."""
     U = U.float()
+    if transforms == 0:
+        flow = build(U.shape[1], transforms=0, hidden=hidden).to(U.device).eval()
+        nll = 0.5 * (U.pow(2).mean().item() + math.log(2 * math.pi))
+        return flow, {"epochs": 0, "final_nll_per_dim": round(nll, 5)}
     with torch.random.fork_rng(devices=[U.device] if U.device.type == "cuda" else []):
         torch.manual_seed(seed)  # the flow's initial weights, then its batches
         flow = build(U.shape[1], transforms=transforms, hidden=hidden).to(U.device)

@@ -11,6 +11,7 @@ The forms a range takes in the YAML:
     "each (0, 1]"                        a list of numbers, each in the interval (a crop's scale range)
     [diag, full, lowrank]                one of these values (a YAML list; [false, true] for a switch)
     {key: range, ...}                    a mapping: each key its own range, and no other keys
+    {"null": true, key: range, ...}      the same mapping, or null (a block that is off)
 
 A range is not part of a run's signature (bench.results): tightening one changes no record.
 """
@@ -43,7 +44,8 @@ def describe(spec) -> str:
     if isinstance(spec, list):
         return "one of " + ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in spec)
     if isinstance(spec, dict):
-        return "a mapping with the keys " + ", ".join(spec)
+        keys = ", ".join(k for k in spec if k != "null")
+        return ("null or " if spec.get("null") is True else "") + "a mapping with the keys " + keys
     part = interval(spec)
     bounds = f"{part['open']}{part['low']:g}, {part['high']:g}{part['close']}"
     body = f"{'an integer' if part['integer'] else 'a number'} in {bounds}"
@@ -79,10 +81,12 @@ def fits(value, spec) -> bool:
 def check(name: str, value, spec, *, each: bool = False) -> None:
     """One sentence when `value` (of the setting `name`) is outside `spec`; `each`: `value` is one of a grid's."""
     if isinstance(spec, dict):
+        if value is None and spec.get("null") is True:
+            return
         if not isinstance(value, dict):
             raise UserError(f"{name} must be {describe(spec)}, not {value!r}")
-        if unknown := [k for k in value if k not in spec]:
-            raise UserError(f"{name} has no key {unknown[0]!r}; known: {', '.join(spec)}")
+        if unknown := [k for k in value if k not in spec or k == "null"]:
+            raise UserError(f"{name} has no key {unknown[0]!r}; known: {', '.join(k for k in spec if k != 'null')}")
         for key, sub in value.items():
             check(f"{name}.{key}", sub, spec[key])
         return
@@ -110,7 +114,10 @@ def unranged(params: dict, ranges: dict, prefix: str = "") -> list[str]:
         if spec is None:
             out.append(name)
         elif isinstance(spec, dict):
-            out += unranged(value, spec, name + ".") if isinstance(value, dict) else [name]
+            if isinstance(value, dict):
+                out += unranged(value, spec, name + ".")
+            elif not (value is None and spec.get("null") is True):
+                out.append(name)
         elif not isinstance(spec, list):
             try:
                 interval(spec)

@@ -43,3 +43,20 @@ def reference_train(X, y, *, num_classes, seed, lr, momentum, weight_decay, batc
             loss.backward()
             opt.step()
     return model.weight.detach(), shift
+
+
+# ---- A-FAN (VITA-Group/CV_A-FAN, Detection/attack_algo.py) ----
+
+
+def official_mix_feature(clean_feature, adv_feature):
+    """CV_A-FAN's attack_algo.mix_feature, re-typed: moments over dim 1, unbiased variance + 1e-5."""
+    eps = 1e-5
+    mean_cl, std_cl = clean_feature.mean(dim=1, keepdim=True), (clean_feature.var(dim=1, keepdim=True) + eps).sqrt()
+    mean_adv, std_adv = adv_feature.mean(dim=1, keepdim=True), (adv_feature.var(dim=1, keepdim=True) + eps).sqrt()
+    return (clean_feature - mean_cl) / std_cl * std_adv + mean_adv
+
+
+def official_sample_points(pointx, pointy, number):
+    """CV_A-FAN's attack_algo.get_sample_points, re-typed: x, the lerps at i / (number - 1), then y itself."""
+    percent = 1.0 / (number - 1)
+    return [pointx] + [torch.lerp(pointx, pointy, i * percent) for i in range(1, number - 1)] + [pointy]

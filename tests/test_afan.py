@@ -1,10 +1,10 @@
-"""A-FAN: the ascent against the loss it ascends and against the official loop, the mix by hand, the step by autograd."""
+"""A-FAN: the ascent against the loss it ascends and against the official loop, the re-injection and the step against the official mix_feature and loss."""
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import official_mix_feature, official_sample_points
 
 from bench.methods import afan
 
@@ -15,7 +15,7 @@ def problem(dtype=torch.float64, G=3, B=10, D=8, C=4, seed=0):
     W = torch.randn(G, C, D, generator=gen, dtype=dtype)
     y = torch.randint(0, C, (G, B), generator=gen)
     hp = {k: torch.tensor(v, dtype=dtype).view(-1, 1, 1) for k, v in
-          {"gamma": [0.1, 0.5, 1.0], "eps": [0.0, 0.3, 2.0], "mix": [0.0, 0.5, 1.0], "lamda": [0.1, 1.0, 0.5],
+          {"gamma": [0.1, 0.5, 1.0], "eps": [0.0, 0.3, 2.0], "lamda": [0.1, 1.0, 0.5],
            "delta": [0.0, 0.2, 0.0]}.items()}
     return x, W, y, hp
 
@@ -60,25 +60,54 @@ def test_ascent_equals_the_official_loop_in_our_units():
     assert ((got - x).abs() <= hp["eps"] * unit + 1e-15)[1:].all()  # the clipped heads stay in their ball
 
 
-def test_mix_by_hand():
-    x, x_adv = torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.tensor([[3.0, 2.0, 5.0, 0.0]])
-    # lerp at 0.5: [2, 2, 4, 2], mean 2.5, std sqrt(0.75); x: mean 2.5, std sqrt(1.25)
-    want = [math.sqrt(0.75) * (v - 2.5) / math.sqrt(1.25) + 2.5 for v in (1.0, 2.0, 3.0, 4.0)]
-    torch.testing.assert_close(afan.mix(x, x_adv, 0.5), torch.tensor([want]))
-    torch.testing.assert_close(afan.mix(x, x_adv, 0.0), x)  # t = 0: x's own moments give x back
+def test_mix_is_the_official_mix_feature_and_strengths_its_sample_points():
+    gen = torch.Generator().manual_seed(0)
+    x, x_adv = torch.randn(6, 16, generator=gen, dtype=torch.float64), torch.randn(6, 16, generator=gen, dtype=torch.float64)
+    points = official_sample_points(x, x_adv, 5)
+    assert afan.strengths(4) == [0.25, 0.5, 0.75, 1.0]
+    for t, point in zip(afan.strengths(4), points[1:]):
+        torch.testing.assert_close(afan.mix(x, x_adv, t), official_mix_feature(x, point), rtol=1e-12, atol=1e-12)
+    # on a feature map [B, C, H, W] the official moments are over the channels at each position (dim 1):
+    # bench.finetune.afan.reinject, its end-to-end form, is the same call
+    from bench.finetune import afan as end_to_end
+    h, h_adv = torch.randn(2, 5, 3, 3, generator=gen), torch.randn(2, 5, 3, 3, generator=gen)
+    torch.testing.assert_close(end_to_end.reinject(h, h_adv), official_mix_feature(h, h_adv))
 
 
+def official_loss(W, x, y, hp, x_adv, n):
+    """A-FAN's loss per head: 0.5 (clean + adversarial) (classification code), or with n strengths the clean
+    loss and the n re-injected interpolants with equal weights (Detection/py/train_sat_mix.py: 0.2 x 5 at n 4)."""
+    clean = losses(W, x, y, hp).mean(1)
+    if n == 0:
+        return 0.5 * (clean + losses(W, x_adv, y, hp).mean(1))
+    mixed = []
+    for g in range(len(W)):
+        points = official_sample_points(x[g], x_adv[g], n + 1)
+        mixed.append(torch.stack([official_mix_feature(x[g], pt) for pt in points[1:]]))  # [n, B, D]
+    total = clean
+    for k in range(n):
+        total = total + losses(W, torch.stack([m[k] for m in mixed]), y, hp).mean(1)
+    return total / (n + 1)
+
+
+@pytest.mark.parametrize("n", [0, 1, 4])
 @pytest.mark.parametrize("seeds,slot", [(2, [0, 1, 1]), (1, [0, 0, 0])], ids=["mixed", "seed-major"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_step_equals_autograd_of_the_mean_of_clean_and_adversarial_losses(dtype, tol, seeds, slot):
+def test_step_equals_autograd_of_the_official_loss(dtype, tol, seeds, slot, n):
     x, W, y, hp = problem(dtype)
     xs, slot = x[:seeds], torch.tensor(slot)
     y = y[slot]
     y1 = F.one_hot(y, 4).to(dtype)
-    hp = hp | {"steps": 2}
+    hp = hp | {"steps": 2, "reinject": n}
     got = afan.weight_grad(W, xs, slot, y1, hp)
     x_adv = afan.ascend(W, xs[slot], y1, hp, 2)
-    x_adv = torch.where(hp["mix"] > 0, afan.mix(xs[slot], x_adv, hp["mix"]), x_adv)
     Wg = W.clone().requires_grad_(True)
-    total = (0.5 * (losses(Wg, xs[slot], y, hp).mean(1) + losses(Wg, x_adv, y, hp).mean(1))).sum()
+    total = official_loss(Wg, xs[slot], y, hp, x_adv, n).sum()
     torch.testing.assert_close(got, torch.autograd.grad(total, Wg)[0], rtol=tol, atol=tol)
+
+
+def test_a_bad_reinject_is_one_sentence():
+    from bench import UserError
+
+    with pytest.raises(UserError, match="reinject must be a whole number"):
+        afan.check([{"reinject": 0.5}])

@@ -15,10 +15,12 @@ METHODS = {
     "noise": (noise, [{"sigma": 0.1}, {"sigma": 0.5}]),
     "isda-diag": (isda, [{"lambda0": 0.1, "cov": "diag", "rank": 4}, {"lambda0": 1.0, "cov": "diag", "rank": 4}]),
     "isda-lowrank": (isda, [{"lambda0": 0.5, "cov": "lowrank", "rank": 4}, {"lambda0": 0.5, "cov": "full", "rank": 4}]),
-    "afan": (afan, [{"gamma": 0.1, "steps": 1, "eps": 0.0, "mix": 0.0}, {"gamma": 0.2, "steps": 2, "eps": 0.3, "mix": 0.5},
-                    {"gamma": 0.2, "steps": 1, "eps": 0.0, "mix": 0.5}]),  # mixed and plain heads share a stack
+    "afan": (afan, [{"gamma": 0.1, "steps": 1, "eps": 0.0, "reinject": 0}, {"gamma": 0.2, "steps": 1, "eps": 0.3, "reinject": 4},
+                    {"gamma": 0.1, "steps": 1, "eps": 0.0, "reinject": 4}]),  # the re-injected heads share a stack
     "flow": (flow, [{"mode": m, "eps": e, "norm": "l2", "steps": 1, "alpha": 1.0} | FLOW
-                    for m, e in (("rand", 0.3), ("adv", 0.1), ("rand", 0.1))]),  # rand and adv heads share a stack
+                    for m, e in (("rand", 20.0), ("adv", 5.0), ("rand", 5.0))]),  # rand and adv heads share a stack
+    "flow_linear": (flow, [{"mode": m, "eps": e, "norm": "l2", "steps": 3, "alpha": 0.5} | FLOW | {"flow_transforms": 0}
+                           for m, e in (("rand", 20.0), ("adv", 1.0))]),  # whitening only
 }
 
 

@@ -5,6 +5,7 @@ import inspect
 import itertools
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from bench import config
@@ -34,7 +35,7 @@ def test_methods_compose_and_their_grids_sweep_their_params(method):
 
 def test_finetune_grid_is_the_ssl_transfer_grid():
     cfg = composed("method=finetune")["method"]
-    assert cfg["grid"]["lr"] == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+    assert cfg["grid"]["lr"] == pytest.approx([1e-1, 1e-2, 1e-3, 1e-4])  # largest first, as ssl-transfer's
     # weight decay in {0} + logspace(-6, -3, 4) / lr, swept as the product lr x weight decay
     assert cfg["grid"]["lr_weight_decay"] == pytest.approx([0.0, 1e-6, 1e-5, 1e-4, 1e-3])
     assert cfg["params"]["steps"] == 5000 and cfg["params"]["batch_size"] == 64 and cfg["params"]["nesterov"]
@@ -66,3 +67,44 @@ def test_the_demo_sweeps_two_backbones_and_seven_methods():
         sweep = compose("config", overrides=["experiment=demo"], return_hydra_config=True).hydra.sweeper.params
     assert sweep["backbone"] == "pixels,random_resnet10t"
     assert sweep["method"].split(",") == ["linear", "sgd", "sea", "isda", "noise", "afan", "flow"]
+
+
+def ssl_transfer_pick(grid_lr, grid_wd, val):
+    """ssl-transfer's finetune.py, re-typed: lr = logspace(-4, -1, 4).flip(0), wd = [0] + logspace(-6, -3, 4),
+    the grid (lr, wd / lr) lr-major, and `if val_acc > best_score` over it: the first best point wins."""
+    lr = torch.logspace(-4, -1, 4, dtype=torch.float64).flip(0)
+    wd = torch.cat([torch.zeros(1, dtype=torch.float64), torch.logspace(-6, -3, 4, dtype=torch.float64)])
+    best_score, best = 0, None
+    for lr_value in lr.tolist():
+        for w in wd.tolist():
+            point = (min(grid_lr, key=lambda v: abs(v - lr_value)), min(grid_wd, key=lambda v: abs(v - w)))
+            if val[point] > best_score:
+                best_score, best = val[point], point
+    return best
+
+
+@pytest.mark.parametrize("case", ["all-tied", "two-lrs-tied", "one-best"])
+def test_finetune_ties_go_to_the_largest_lr_as_ssl_transfers(case):
+    from bench import protocol
+
+    cfg = composed("method=finetune")["method"]
+    grid = {k: cfg["grid"][k] for k in ("lr", "lr_weight_decay")}
+    score = {(lr, wd): 0.5 for lr in grid["lr"] for wd in grid["lr_weight_decay"]}
+    if case == "two-lrs-tied":
+        score[(1e-3, 1e-5)] = score[(1e-2, 1e-4)] = score[(1e-2, 1e-6)] = 0.9
+    elif case == "one-best":
+        score[(1e-4, 1e-3)] = 0.9
+    labels = {split: torch.zeros(10, dtype=torch.long) for split in ("val", "test")}
+
+    def fit_score(points, fit_on, score_on, start=None):  # a learner whose val accuracy is the table's
+        rows = []
+        for p in points:
+            right = round(10 * score[(p["lr"], p["lr_weight_decay"])]) if score_on == "val" else 10
+            rows.append(torch.tensor([0] * right + [1] * (10 - right)))
+        return torch.stack(rows), None
+
+    chosen = protocol.choose(fit_score, labels, params=dict(cfg["params"]), grid=grid, seeds=[0],
+                             metric="top1")["chosen"]
+    assert (chosen["lr"], chosen["lr_weight_decay"]) == ssl_transfer_pick(grid["lr"], grid["lr_weight_decay"], score)
+    if case == "all-tied":
+        assert (chosen["lr"], chosen["lr_weight_decay"]) == (0.1, 0.0)

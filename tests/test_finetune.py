@@ -17,6 +17,8 @@ from bench.finetune.net import Net
 ROOT = Path(__file__).resolve().parents[1]
 PRE = {"resize": 16, "crop": 16, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 PARAMS = yaml.safe_load((ROOT / "conf" / "method" / "finetune.yaml").read_text())["params"]
+AUGSELF = yaml.safe_load((ROOT / "conf" / "method" / "finetune_augself.yaml").read_text())["params"]
+JITTER = AUGSELF["views"]["jitter"]
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +95,8 @@ def test_gradient_accumulation_gives_the_step_of_the_whole_batch(backbone, task,
 
 
 def test_every_auxiliary_loss_at_once_trains(backbone, task, tmp_path):
-    p = point(steps=4, isda={"enabled": True, "cov": "full"}, afan={"enabled": True, "reinject": True},
-              augself={"enabled": True})
+    p = point(steps=4, isda={"enabled": True, "cov": "full"}, afan={"enabled": True, "reinject": 2},
+              augself={"enabled": True}, views=AUGSELF["views"])
     net, cost = train(backbone, task, p, tmp_path)
     assert cost["finite"] and cost["images"] == 4 * 16 * 2  # two views per image
     assert net.estimator.count.sum() == 4 * 16 * 2 and set(net.predictors) == {"crop", "color"}
@@ -139,6 +141,38 @@ def test_isda_logits_add_the_quadratic_form_of_the_class_covariance(cov):
     logits = torch.randn(4, 5, generator=gen, dtype=torch.float64)
     expected = F.cross_entropy(logits + 0.5 * 0.3 * got, y)
     torch.testing.assert_close(isda.loss(logits, W, S, y, 0.3), expected)
+
+
+def test_isda_update_and_loss_run_in_float32_inside_bf16_autocast():
+    """As loop.micro_loss calls them under bfloat16 autocast (CPU autocast here, a GPU's in real runs): the
+    estimator and the quadratic term equal their float32 values; without the guard bf16 is ~1e-3 off."""
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 32, generator=gen) * 3 + 1
+    y = torch.arange(64) % 4
+    W = torch.randn(4, 32, generator=gen, requires_grad=True)
+    logits = feats @ W.detach().T
+    plain, mixed = isda.Estimator(4, 32, "full"), isda.Estimator(4, 32, "full")
+    plain.update(feats, y)
+    want = isda.loss(logits, W, plain.cov, y, 0.5)
+    (want_grad,) = torch.autograd.grad(want, W)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed.update(feats, y)
+        got = isda.loss(logits, W, mixed.cov, y, 0.5)
+        unguarded = isda.spread(W.detach(), plain.cov, y)  # the quadratic term without loss()'s guard
+    (got_grad,) = torch.autograd.grad(got, W)
+    assert got.dtype == torch.float32 and mixed.cov.dtype == torch.float32
+    torch.testing.assert_close(mixed.cov, plain.cov, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+    exact = isda.spread(W.detach(), plain.cov, y)
+    assert ((unguarded - exact).abs().max() / exact.abs().max()) > 1e-4  # what the guard prevents
+
+
+def test_isda_auto_covariance_is_full_where_it_fits():
+    assert isda.resolve("auto", num_classes=10, dim=512) == "full"
+    assert isda.resolve("auto", num_classes=100, dim=2048) == "diag"  # 100 x 2048 x 2048 > 2^28
+    assert isda.Estimator(3, 4, "auto").cov.shape == (3, 4, 4)
+    assert isda.Estimator(3, 4, "diag").cov.shape == (3, 4)
 
 
 def test_isda_lambda_ramps_per_epoch():
@@ -190,6 +224,30 @@ def test_afan_reinjection_matches_a_hand_computation():
     torch.testing.assert_close(afan.reinject(h, adv, eps=0.0), expected)
 
 
+@pytest.mark.parametrize("n", [0, 4])
+def test_afan_loss_equals_the_official_training_step(backbone, n):
+    """The classification code's 0.5 (clean + adversarial) at n 0; Detection/py/train_sat_mix.py's form at n 4:
+    get_sample_points(fm, fm_adv, 5), mix_feature of points 1..4, 0.2 x (clean + the four), re-typed."""
+    from reference import official_mix_feature, official_sample_points
+
+    torch.manual_seed(0)
+    model = copy.deepcopy(backbone.model).eval()
+    front, back = afan.split(model, 1)
+    head = torch.nn.Linear(model.num_features, 10)
+    x, y = torch.randn(6, 3, 16, 16), torch.arange(6)
+    h = front(x)
+    clean = F.cross_entropy(head(back(h)), y)
+    got = afan.combined_loss(clean, h, y, back=back, head=head, steps=2, gamma=0.05, eps=None, reinject_strengths=n)
+    fm = h.detach()
+    fm_adv = afan.ascend(fm, y, lambda z: head(back(z)), steps=2, gamma=0.05, eps=None)
+    if n == 0:
+        want = 0.5 * (clean + F.cross_entropy(head(back(fm_adv)), y))
+    else:
+        points = official_sample_points(fm, fm_adv, 5)
+        want = 0.2 * (clean + sum(F.cross_entropy(head(back(official_mix_feature(fm, p))), y) for p in points[1:]))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 # ---- AugSelf -----------------------------------------------------------------------------------------------
 
 
@@ -207,22 +265,23 @@ def test_augself_targets_are_the_parameters_the_views_were_made_with():
     image = coordinates()
     made = views.Views([(image, 0)], views=2, size=32, interpolation="bicubic", mean=None, std=None,
                        scale=(0.2, 1.0), jitter=None)
-    jitter = PARAMS["augself"]["jitter"]
     flips = set()
     for seed in range(12):
         x, params, _ = made[(0, seed)]
-        measured = []
+        measured, first_flipped = [], None
         for v in range(2):
             red, green = x[v, 0] * 255 / 255, x[v, 1] * 255 / 255  # fractions of the image
             flipped = bool(green[:, 0].mean() > green[:, -1].mean())
+            first_flipped = flipped if v == 0 else first_flipped
             flips.add(flipped)
-            cx = green.mean().item()
-            measured.append(torch.tensor([red.mean().item(), 1 - cx if flipped else cx,
+            cx = green.mean().item()  # the crop's centre in the image (a flip does not move it)
+            # the official convention: both centres in view 1's frame, mirrored by view 1's flip
+            measured.append(torch.tensor([red.mean().item(), 1 - cx if first_flipped else cx,
                                           *(params[v, 2:4].tolist())]))
             assert params[v, 4].item() == float(flipped)
             # the crop's height and width show in the ramps' spans (one pixel of the image less)
             assert abs((red[-1].mean() - red[0].mean()).item() - params[v, 2].item()) < 0.06
-        got = augself.targets(params[:1], params[1:], jitter)["crop"][0]
+        got = augself.targets(params[:1], params[1:], JITTER)["crop"][0]
         torch.testing.assert_close(got, measured[0] - measured[1], atol=0.02, rtol=0)
     assert flips == {True, False}
 
@@ -245,19 +304,65 @@ def test_augself_color_targets_are_the_sampled_factors_over_their_range():
     assert off[(0, 3)][1][0, 5:].tolist() == [1.0, 1.0, 1.0, 0.0]  # not applied: no colour change
 
 
-def test_augself_loss_is_mse_of_tanh_both_ways_round():
+def official_extract_diff(crop1, crop2, f1, color1, color2):
+    """hankook/AugSelf transforms.extract_diff, re-typed for crop and color: crops [B, 4] (i/H, j/W, h/H, w/W),
+    f1 the FIRST argument's flips (bool [B]), colors the already-scaled _extract_w rows [B, 4]."""
+    center1 = crop1[:, :2] + crop1[:, 2:] / 2
+    center2 = crop2[:, :2] + crop2[:, 2:] / 2
+    center1[f1, 1] = 1 - center1[f1, 1]
+    center2[f1, 1] = 1 - center2[f1, 1]
+    return {"crop": torch.cat([center1 - center2, crop1[:, 2:] - crop2[:, 2:]], 1), "color": color1 - color2}
+
+
+def test_augself_loss_is_the_official_objective_on_the_official_targets():
+    """SSObjective(symmetric) over prepare_training_batch's diff1 = extract_diff(t1, t2, w1, w2) and
+    diff2 = extract_diff(t2, t1, w2, w1): each direction's centres mirrored by its first view's flip."""
     torch.manual_seed(0)
     heads = augself.heads(6, weights={"crop": 0.5, "color": 0.25}, hidden=8).eval()
-    z1, z2 = torch.randn(3, 6), torch.randn(3, 6)
-    p1, p2 = torch.rand(3, 9), torch.rand(3, 9)
-    jitter = PARAMS["augself"]["jitter"]
-    t = augself.targets(p1, p2, jitter)
-    expected = sum(w * 0.5 * (F.mse_loss(torch.tanh(heads[k](torch.cat([z1, z2], 1))), t[k])
-                              + F.mse_loss(torch.tanh(heads[k](torch.cat([z2, z1], 1))), -t[k]))
-                   for k, w in (("crop", 0.5), ("color", 0.25)))
-    got = augself.loss(heads, z1, z2, p1, p2, weights={"crop": 0.5, "color": 0.25}, jitter=jitter)
-    torch.testing.assert_close(got, expected)
+    z1, z2 = torch.randn(8, 6), torch.randn(8, 6)
+    p1, p2 = torch.rand(8, 9), torch.rand(8, 9)
+    p1[:, 4], p2[:, 4] = torch.tensor([0, 1, 0, 1, 0, 1, 1, 0.0]), torch.tensor([0, 0, 1, 1, 1, 0, 1, 0.0])
+    applied = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool)  # jitter not applied: factors 1, 1, 1, 0
+    p2[~applied, 5:] = torch.tensor([1.0, 1.0, 1.0, 0.0])
+
+    def color_w(p):  # _extract_w: (factor - 1) / range width, hue / its width; zeros where not applied
+        return torch.stack([(p[:, 5] - 1) / 0.8, (p[:, 6] - 1) / 0.8, (p[:, 7] - 1) / 0.8, p[:, 8] / 0.2], 1)
+
+    flip1, flip2 = p1[:, 4] > 0.5, p2[:, 4] > 0.5
+    d1 = official_extract_diff(p1[:, :4].clone(), p2[:, :4].clone(), flip1, color_w(p1), color_w(p2))
+    d2 = official_extract_diff(p2[:, :4].clone(), p1[:, :4].clone(), flip2, color_w(p2), color_w(p1))
+    z = torch.cat([torch.cat([z1, z2], 1), torch.cat([z2, z1], 1)], 0)
+    want = sum(w * F.mse_loss(torch.tanh(heads[k](z)), torch.cat([d1[k], d2[k]], 0))
+               for k, w in (("crop", 0.5), ("color", 0.25)))
+    got = augself.loss(heads, z1, z2, p1, p2, weights={"crop": 0.5, "color": 0.25}, jitter=JITTER)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(d2["crop"], -d1["crop"])  # differing flips: the reverse is not the negation
     assert [m.out_features for m in heads["crop"] if isinstance(m, torch.nn.Linear)] == [8, 8, 4]
+
+
+def test_augself_views_gray_and_blur_as_its_pretraining():
+    from PIL import Image
+
+    assert [views.blur_kernel(s) for s in (224, 96, 64)] == [23, 9, 7]  # the official 23 at 224, 9 at 96
+    image = coordinates(32)
+    gray = views.Views([(image, 0)], views=1, size=32, interpolation="bicubic", mean=None, std=None,
+                       scale=(1.0, 1.0), jitter=None, grayscale=1.0)[(0, 0)][0][0]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    flat = Image.new("RGB", (32, 32), (0, 0, 0))
+    flat.putpixel((16, 16), (255, 255, 255))
+    blurred = views.Views([(flat, 0)], views=1, size=32, interpolation="bicubic", mean=None, std=None,
+                          scale=(1.0, 1.0), jitter=None, blur=1.0)
+    sharp = views.Views([(flat, 0)], views=1, size=32, interpolation="bicubic", mean=None, std=None,
+                        scale=(1.0, 1.0), jitter=None)
+    assert blurred[(0, 1)][0].max() < 0.5 * sharp[(0, 1)][0].max()  # the dot is spread out
+
+
+def test_twoview_is_augself_without_its_loss(backbone, task, tmp_path):
+    """finetune_twoview: the same two views per image in the cross-entropy, no predictors."""
+    p = point(steps=3, views=AUGSELF["views"], crop_scale=AUGSELF["crop_scale"])
+    net, cost = train(backbone, task, p, tmp_path)
+    assert net.predictors is None and cost["finite"] and cost["images"] == 3 * 16 * 2
+    assert loop.recipe(p, PRE) == loop.recipe(p | {"augself": {**p["augself"], "enabled": True}}, PRE)
 
 
 def test_views_depend_only_on_their_seed(task):
@@ -276,6 +381,8 @@ def test_views_depend_only_on_their_seed(task):
     ({"grid": {"lr": [0.0, 0.1]}}, "learning rates must be positive"),
     ({"settings": {"micro_batch": -4}}, "finetune.micro_batch must be a positive integer"),
     ({"params": {"isda": {"enabled": True, "cov": "lowrank"}}}, "method.params.isda.cov must be one of"),
+    ({"params": {"augself": {**PARAMS["augself"], "enabled": True}}}, "method.params.augself needs two jittered views"),
+    ({"params": {"afan": {**PARAMS["afan"], "enabled": True, "reinject": -1}}}, "afan.reinject must be a whole number"),
 ])
 def test_bad_settings_are_one_sentence_before_training(change, message):
     from bench import UserError, finetune

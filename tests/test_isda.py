@@ -194,3 +194,22 @@ def test_the_curvature_cap_keeps_large_lambda_finite_where_lr_alone_diverges(mon
     monkeypatch.setattr(isda, "step_size", lambda hp: hp["lr"])
     uncapped = isda.fit(X, y, num_classes=4, points=isda_points(10.0), device="cpu")
     assert uncapped.fits[0]["stop"] == "diverged"
+
+
+def test_auto_is_full_where_its_factor_fits_then_lowrank_then_diag_and_the_record_says_which(monkeypatch):
+    """The paper's full covariance by default; the fallbacks in order when the factor breaks the memory rule."""
+    y = torch.arange(300_000) % 100  # CIFAR-100-like at 2048 dimensions: full needs 100 x 2048 x 2048
+    assert isda.resolve(y, num_classes=100, dim=2048, cov="auto", rank=8) == "lowrank"
+    assert isda.resolve(y, num_classes=100, dim=2 ** 22, cov="auto", rank=8) == "diag"  # lowrank too: 100 x 8 x 4M
+    assert isda.resolve(y, num_classes=100, dim=64, cov="auto", rank=8) == "full"
+    assert isda.resolve(y, num_classes=100, dim=2048, cov="diag", rank=8) == "diag"  # asked for: as it is
+    X, y = spread_classes(n=120, D=8)
+    heads = isda.fit(X, y, num_classes=4, points=isda_points(0.5, cov="auto") + isda_points(0.5, cov="diag"), device="cpu")
+    assert [f["cov"] for f in heads.fits] == ["full", "diag"]
+    full = isda.fit(X, y, num_classes=4, points=isda_points(0.5, cov="full"), device="cpu")
+    torch.testing.assert_close(heads.weight[0], full.weight[0], rtol=0, atol=0)  # auto trained exactly as full
+    monkeypatch.setattr(isda, "LIMIT", 4 * 2 * 8)  # room for a rank-2 factor, not for full's 8 rows
+    small = isda.fit(X, y, num_classes=4, points=isda_points(0.5, cov="auto"), device="cpu")
+    assert small.fits[0]["cov"] == "lowrank"
+    with pytest.raises(UserError, match="cov=full needs a"):
+        isda.fit(X, y, num_classes=4, points=isda_points(0.5, cov="full"), device="cpu")

@@ -49,6 +49,17 @@ def check(params: dict, grid: dict, settings: dict) -> None:
     lrs = [params["lr"], *grid.get("lr", [])]
     if not all(isinstance(lr, (int, float)) and lr > 0 for lr in lrs):
         raise UserError(f"learning rates must be positive numbers, not {lrs}")
+    v = params["views"]
+    if v["count"] not in (1, 2) or not all(isinstance(v[k], (int, float)) and 0 <= v[k] <= 1
+                                           for k in ("grayscale", "blur")):
+        raise UserError(f"method.params.views: count must be 1 or 2 and grayscale, blur probabilities in [0, 1], "
+                        f"not {v['count']!r}, {v['grayscale']!r}, {v['blur']!r}")
+    if params["augself"]["enabled"] and (v["count"] != 2 or not v["jitter"]):
+        raise UserError("method.params.augself needs two jittered views: views.count 2 and a views.jitter "
+                        "(as method=finetune_augself sets)")
+    reinject = params["afan"]["reinject"]
+    if params["afan"]["enabled"] and (not isinstance(reinject, int) or isinstance(reinject, bool) or reinject < 0):
+        raise UserError(f"method.params.afan.reinject must be a whole number of strengths (0 = off), not {reinject!r}")
     if params["isda"]["enabled"] and params["isda"]["cov"] not in isda.COVS:
         raise UserError(f"method.params.isda.cov must be one of {isda.COVS}, not {params['isda']['cov']!r}")
     if "glow" in params:  # method=finetune_flow
@@ -100,7 +111,9 @@ def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: in
             cost.setdefault("runs", []).append({"fit_on": fit_on, "score_on": score_on,
                                                 **{key: point[key] for key in GRID_KEYS if key in point},
                                                 "seconds": result["train"]["seconds"],
-                                                "finite": result["train"]["finite"]})
+                                                "finite": result["train"]["finite"],
+                                                **({"isda_cov": result["train"]["isda_cov"]}
+                                                   if "isda_cov" in result["train"] else {})})
             preds.append(result["pred"])
         return torch.stack(preds), None
 
@@ -114,6 +127,8 @@ def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: in
         pred = predict(net, scored.with_transform(backbone.transform), batch_size=settings["eval_batch_size"],
                        num_workers=settings["num_workers"], device=device, amp=loop.autocast_ok(device),
                        desc=f"{desc} predict")
+        if net.estimator is not None:
+            spent["isda_cov"] = net.estimator.kind  # what cov=auto became
         return {"pred": pred, "train": spent,
                 "predict": {"seconds": round(time.perf_counter() - start, 3), "images": len(scored)}}
 

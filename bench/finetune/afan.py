@@ -4,11 +4,21 @@ At an intermediate stage of the backbone, the stage's output h is detached and p
 loss of the true labels by K sign-gradient steps of size gamma (`h <- h + gamma * sign(dL/dh)`,
 optionally clipped to an L-inf ball of radius eps, off by default as in the official runs); the rest of
 the network is run on the perturbed h, and the loss is 0.5 * (CE(clean) + CE(adversarial)). Official
-CIFAR run: 5 steps, gamma 0.5/255, no clip, inside the second of its three stages.
+CIFAR run (Classification/cmd/run_perturb.sh with main_perturb.py's defaults): ResNet-56, 5 steps,
+gamma 0.5/255, no clip, no random start, perturb_idx 13 = the output of the FIRST of its three stages
+(its sequential model is normalise, conv, bn, relu, 9 + 9 + 9 blocks, pool, flatten, linear: [0:13] ends
+after stage 1's ninth block).
 
-`reinject` (the normalisation of A-FAN's detection and segmentation code) replaces the perturbed map by
-the clean one carrying the perturbed moments: sigma_adv * (h - mu) / sigma + mu_adv, with mu and sigma
-the mean and standard deviation over channels at each spatial position.
+Our default (finetune.yaml): stage 1, the output of `layer1`, 5 steps of 0.5/255: the official run's stage
+by the same rule (the first stage's output, where the perturbation still passes through every later
+stage) and its step as it is, since a stage's output is a BN-normalised, ReLU'd sum of unit scale in both
+networks, so an absolute step means about the same there.
+
+`reinject` = n (off when 0) is the normalisation re-injection of A-FAN's detection and segmentation code
+(Detection/py/train_sat_mix.py): the n strengths t_k = k / n (its get_sample_points) each give the clean
+map carrying the moments of lerp(h, h_adv, t_k) (its mix_feature: sigma_k * (h - mu) / sigma + mu_k, mean
+and sqrt(unbiased variance + 1e-5) over dim 1, the channels, at each position), and the loss is
+(CE(clean) + sum_k CE(re-injected k)) / (n + 1): equal weights, the official 0.2 each at n = 4.
 """
 
 from __future__ import annotations
@@ -38,9 +48,10 @@ def split(model: nn.Module, stage: int) -> tuple[nn.Module, nn.Module]:
 
 
 def reinject(h: torch.Tensor, h_adv: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """sigma_adv * (h - mu) / sigma + mu_adv, moments over channels (dim 1) at each position."""
-    mu, sigma = h.mean(1, keepdim=True), (h.var(1, keepdim=True, unbiased=False) + eps).sqrt()
-    mu_adv, sigma_adv = h_adv.mean(1, keepdim=True), (h_adv.var(1, keepdim=True, unbiased=False) + eps).sqrt()
+    """sigma_adv * (h - mu) / sigma + mu_adv, moments over channels (dim 1) at each position, the variance
+    unbiased plus eps under the root (the official mix_feature)."""
+    mu, sigma = h.mean(1, keepdim=True), (h.var(1, keepdim=True) + eps).sqrt()
+    mu_adv, sigma_adv = h_adv.mean(1, keepdim=True), (h_adv.var(1, keepdim=True) + eps).sqrt()
     return sigma_adv * (h - mu) / sigma + mu_adv
 
 
@@ -57,11 +68,18 @@ def ascend(h: torch.Tensor, labels: torch.Tensor, rest, *, steps: int, gamma: fl
     return adv.detach()
 
 
-def adversarial_logits(h: torch.Tensor, labels: torch.Tensor, *, back, head, steps: int, gamma: float,
-                       eps: float | None, reinjected: bool) -> torch.Tensor:
-    """Logits of the rest of the network on the perturbed stage output. The perturbed map is detached
-    (as in the official code): the front of the network learns from the clean loss only."""
+def combined_loss(clean: torch.Tensor, h: torch.Tensor, labels: torch.Tensor, *, back, head, steps: int,
+                  gamma: float, eps: float | None, reinject_strengths: int) -> torch.Tensor:
+    """The A-FAN loss from the clean loss and the stage output h: 0.5 * (clean + CE(adversarial)), or with
+    n = `reinject_strengths` the mean of the clean loss and the n re-injected maps' (module docstring). The
+    perturbed maps are detached (as in the official code): the front of the network learns from the clean
+    loss only."""
     adv = ascend(h, labels, lambda z: head(back(z)), steps=steps, gamma=gamma, eps=eps)
-    if reinjected:
-        adv = reinject(h.detach(), adv)
-    return head(back(adv))
+    n = reinject_strengths
+    if n == 0:
+        return 0.5 * (clean + F.cross_entropy(head(back(adv)).float(), labels))
+    h = h.detach()
+    total = clean
+    for k in range(1, n + 1):
+        total = total + F.cross_entropy(head(back(reinject(h, torch.lerp(h, adv, k / n)))).float(), labels)
+    return total / (n + 1)

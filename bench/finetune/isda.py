@@ -8,8 +8,12 @@ official estimator does) are merged into the running (n, m, S) with weight w = n
 
 which is exactly the (biased) covariance of every feature seen so far. The loss is the cross-entropy of
 the logits z_j + (lambda / 2) (w_j - w_y)^T S_y (w_j - w_y), gradients flowing into the head's weights
-and, through z, into the backbone; lambda = lambda0 * epoch / epochs. `cov: diag` keeps only the
-variances (the official ImageNet code's choice: C x D instead of C x D x D numbers).
+and, through z, into the backbone; lambda = lambda0 * epoch / epochs. `cov: full` is the paper's main form
+and the official CIFAR code's; `diag` keeps only the variances (the official ImageNet code's choice: C x D
+instead of C x D x D numbers); `auto` (the default) is full where C x D x D fits the memory rule of the
+frozen-feature ISDA (bench.methods.isda.LIMIT numbers), else diag (`resolve`; each training run in the record
+says which it used). The covariance update and the quadratic term run in float32 with autocast off: inside
+bf16 autocast on a GPU they were off by about 2e-3 relative to float32.
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-COVS = ("full", "diag")
+COVS = ("auto", "full", "diag")
+LIMIT = 2 ** 28  # numbers a full estimator may hold (bench.methods.isda's memory rule; the package may not import it)
+
+
+def resolve(cov: str, *, num_classes: int, dim: int) -> str:
+    """`auto` -> full where C x D x D fits LIMIT, else diag; any other value as it is."""
+    if cov != "auto":
+        return cov
+    return "full" if num_classes * dim * dim <= LIMIT else "diag"
 
 
 class Estimator(nn.Module):
@@ -27,7 +39,8 @@ class Estimator(nn.Module):
 
     def __init__(self, num_classes: int, dim: int, cov: str):
         super().__init__()
-        self.diag = cov == "diag"
+        self.kind = resolve(cov, num_classes=num_classes, dim=dim)
+        self.diag = self.kind == "diag"
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(num_classes, dim))
         shape = (num_classes, dim) if self.diag else (num_classes, dim, dim)
@@ -35,7 +48,10 @@ class Estimator(nn.Module):
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        x = features.detach().to(self.mean.dtype)
+        with torch.autocast(features.device.type, enabled=False):  # float32, even inside bf16 autocast
+            self._update(features.detach().to(self.mean.dtype), labels)
+
+    def _update(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         for c in labels.unique().tolist():
             xc = x[labels == c]
             n_b = len(xc)
@@ -66,9 +82,12 @@ def spread(weight: torch.Tensor, cov: torch.Tensor, labels: torch.Tensor) -> tor
 
 def loss(logits: torch.Tensor, weight: torch.Tensor, cov: torch.Tensor, labels: torch.Tensor,
          ratio: float) -> torch.Tensor:
-    """The ISDA surrogate loss; `ratio` = lambda at this epoch."""
-    augmented = logits + 0.5 * ratio * spread(weight, cov, labels).to(logits.dtype)
-    return F.cross_entropy(augmented, labels)
+    """The ISDA surrogate loss; `ratio` = lambda at this epoch. In float32 (or the statistics' dtype if wider),
+    with autocast off: the quadratic term is a difference of large products."""
+    dtype = torch.promote_types(cov.dtype, torch.float32)
+    with torch.autocast(logits.device.type, enabled=False):
+        augmented = logits.to(dtype) + 0.5 * ratio * spread(weight.to(dtype), cov.to(dtype), labels)
+        return F.cross_entropy(augmented, labels)
 
 
 def ratio(*, lambda0: float, step: int, steps: int, batch_size: int, n: int) -> float:

@@ -59,22 +59,22 @@ def micro_loss(net: Net, parts, x, params, y, *, point: dict, n_train: int, step
         loss = F.cross_entropy(logits.float(), labels)
     if front is not None:
         a = point["afan"]
-        adv = afan.adversarial_logits(h, labels, back=back, head=head, steps=a["steps"], gamma=a["gamma"],
-                                      eps=a["eps"], reinjected=a["reinject"])
-        loss = 0.5 * (loss + F.cross_entropy(adv.float(), labels))
+        loss = afan.combined_loss(loss, h, labels, back=back, head=head, steps=a["steps"], gamma=a["gamma"],
+                                  eps=a["eps"], reinject_strengths=a["reinject"])
     if net.predictors is not None:
         s = point["augself"]
         loss = loss + augself.loss(net.predictors, features[:m].float(), features[m:].float(), params[:, 0],
-                                   params[:, 1], weights=s["weights"], jitter=s["jitter"])
+                                   params[:, 1], weights=s["weights"], jitter=point["views"]["jitter"])
     return loss
 
 
 def recipe(point: dict, preprocess: dict) -> dict:
-    """The training views: the backbone's input size, interpolation and normalisation; AugSelf's jitter."""
-    s = point["augself"]
-    return {"views": 2 if s["enabled"] else 1, "size": preprocess["crop"],
-            "interpolation": preprocess["interpolation"], "mean": preprocess["mean"], "std": preprocess["std"],
-            "scale": point["crop_scale"], "jitter": s["jitter"] if s["enabled"] else None}
+    """The training views: the backbone's input size, interpolation and normalisation; the point's `views`
+    (how many per image, AugSelf's jitter, grayscale and blur)."""
+    v = point["views"]
+    return {"views": v["count"], "size": preprocess["crop"], "interpolation": preprocess["interpolation"],
+            "mean": preprocess["mean"], "std": preprocess["std"], "scale": point["crop_scale"],
+            "jitter": v["jitter"], "grayscale": v["grayscale"], "blur": v["blur"]}
 
 
 def build(net: Net, point: dict):

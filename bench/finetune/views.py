@@ -3,9 +3,14 @@ generator seeded per example and step, so a resumed run sees the very same views
 
 The recipe (ssl-transfer, Ericsson et al. 2021): RandomResizedCrop to the backbone's input size
 (bicubic, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip; val and test use the backbone's eval
-preprocessing. AugSelf (Lee et al., NeurIPS 2021) adds colour jitter (brightness, contrast, saturation
-0.4, hue 0.1, applied with probability 0.8, its four operations in random order) and two views per image.
-Sampling follows torchvision's algorithms, with an explicit generator instead of the global one.
+preprocessing. AugSelf (Lee et al., NeurIPS 2021) has no fine-tuning script (its transfer evaluations,
+linear and few-shot, freeze the backbone); its auxiliary loss is trained with its pretraining views
+(hankook/AugSelf datasets.py), which `finetune_augself` and `finetune_twoview` use: two views per image,
+RandomResizedCrop scale (0.2, 1), flip, colour jitter (brightness, contrast, saturation 0.4, hue 0.1,
+applied with probability 0.8, its four operations in random order), grayscale with probability 0.2 and
+Gaussian blur with probability 0.5 (sigma uniform in (0.1, 2), a kernel of 2 * floor(side / 20) + 1 pixels:
+the official 23 at 224 px and 9 at 96 px). Sampling follows torchvision's algorithms, with an explicit
+generator instead of the global one.
 """
 
 from __future__ import annotations
@@ -62,8 +67,18 @@ def sample_jitter(gen: torch.Generator, *, brightness: float, contrast: float, s
     return factors, order
 
 
-def view(image, gen: torch.Generator, *, size: int, interpolation: str, mean, std, scale, jitter: dict | None):
-    """One augmented view (normalised tensor [3, size, size]) and its parameters [len(PARAMS)]."""
+BLUR_SIGMA = (0.1, 2.0)  # AugSelf's GaussianBlur
+
+
+def blur_kernel(size: int) -> int:
+    """The blur's odd kernel side for views of `size` pixels: AugSelf's 23 at 224 and 9 at 96."""
+    return 2 * (size // 20) + 1
+
+
+def view(image, gen: torch.Generator, *, size: int, interpolation: str, mean, std, scale, jitter: dict | None,
+         grayscale: float = 0.0, blur: float = 0.0):
+    """One augmented view (normalised tensor [3, size, size]) and its parameters [len(PARAMS)]. `grayscale`
+    and `blur`: their probabilities (no draw is made for one that is 0)."""
     width, height = image.size
     top, left, h, w = sample_crop(gen, height, width, scale=tuple(scale))
     out = F.resized_crop(image, top, left, h, w, [size, size], interpolation=INTERPOLATIONS[interpolation],
@@ -76,6 +91,11 @@ def view(image, gen: torch.Generator, *, size: int, interpolation: str, mean, st
     ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
     for k in order:
         out = ops[k](out, factors[k])
+    if grayscale > 0 and uniform(gen, 0, 1) < grayscale:
+        out = F.rgb_to_grayscale(out, num_output_channels=3)
+    if blur > 0 and uniform(gen, 0, 1) < blur:
+        sigma = uniform(gen, *BLUR_SIGMA)
+        out = F.gaussian_blur(out, [blur_kernel(size)] * 2, [sigma, sigma])
     if mean is not None:
         out = F.normalize(out, list(mean), list(std))
     params = torch.tensor([top / height, left / width, h / height, w / width, float(flip), *factors])

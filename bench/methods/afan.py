@@ -9,23 +9,27 @@ one SGD step on 0.5 * (loss(clean) + loss(adversarial)). The loss is the trainer
 Units (ours): the features are unit vectors in D dimensions, so gamma and eps are given per coordinate in
 units of 1 / sqrt(D): one step moves a feature by an L2 length of gamma, whatever D.
 
-`mix` (off when 0) is the normalisation re-injection of A-FAN's detection / segmentation code: with
-t = mix, the adversarial example becomes sigma_t * (x - mu) / sigma + mu_t, where (mu, sigma) are the
-moments of the clean x and (mu_t, sigma_t) those of the interpolant lerp(x, x_adv, t). The official code
-takes them per channel over a feature map; on pooled vectors there is no spatial axis, so here they are
-per example over the feature dimensions (our adaptation).
+`reinject` = n (off when 0) is the normalisation re-injection of A-FAN's detection / segmentation code
+(Detection/py/train_sat_mix.py: `get_sample_points(x, x_adv, 5)`, `mix_feature` of each, loss 0.2 x the
+sum of five): the n strengths t_k = k / n (k = 1..n) each give the example
+sigma_k * (x - mu) / sigma + mu_k, where (mu, sigma) are the moments of the clean x and (mu_k, sigma_k)
+those of the interpolant lerp(x, x_adv, t_k), and the loss is (loss(clean) + sum_k loss(example_k)) / (n + 1),
+equal weights (n = 4: the official 0.2 each). The moments are the official `mix_feature`'s: mean and
+sqrt(unbiased variance + 1e-5) over dim 1, the channel axis of a feature map [B, C, H, W] at each position;
+on pooled vectors [B, D] the same call takes them per example over the D feature dimensions.
 """
 
 from __future__ import annotations
 
 import torch
 
+from bench import UserError
 from bench.methods import Heads
-from bench.methods.sgd import grad_of, head_index, logit_grad_at, logits_of, plus_batches, scratch, train
+from bench.methods.sgd import grad_of, logit_grad_at, logits_of, plus_batches, scratch, train
 
-KEYS = ("gamma", "eps", "mix")
-STACK = ("steps",)  # heads with different step counts are trained in different stacks: none waits on another
-FLOOR = 1e-12  # on a standard deviation
+KEYS = ("gamma", "eps")
+STACK = ("steps", "reinject")  # heads that differ in them are trained in different stacks: none waits on another
+VAR_EPS = 1e-5  # added to the variance, as the official mix_feature
 
 
 def displacement(W, xW, y1, hp, steps: int, first: torch.Tensor | None = None, out: torch.Tensor | None = None):
@@ -58,11 +62,13 @@ def ascend(W, x, y1, hp, steps: int) -> torch.Tensor:
 
 
 def moments(x, scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of each example over its feature dimensions (two passes: torch.std's
-    one-pass kernel is ~6x slower on CPU); `scratch`: x is a temporary, centred in place."""
+    """Mean and sqrt(unbiased variance + 1e-5) of each example over its feature dimensions, as the official
+    `mix_feature` (two passes: torch.var's one-pass kernel is ~6x slower on CPU); `scratch`: x is a
+    temporary, centred in place."""
     mu = x.mean(-1, keepdim=True)
     centred = x.sub_(mu) if scratch else x - mu
-    return mu, (torch.linalg.vector_norm(centred, dim=-1, keepdim=True) * x.shape[-1] ** -0.5).clamp_min(FLOOR)
+    ss = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_()
+    return mu, ss.div_(x.shape[-1] - 1).add_(VAR_EPS).sqrt_()
 
 
 def affine(clean, mixed) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +79,11 @@ def affine(clean, mixed) -> tuple[torch.Tensor, torch.Tensor]:
     return a, mu_t - a * mu
 
 
+def strengths(n: int) -> list[float]:
+    """The official get_sample_points(x, x_adv, n + 1) without its first (clean) point: t_k = k / n."""
+    return [k / n for k in range(1, n + 1)]
+
+
 def mix(x, x_adv, t) -> torch.Tensor:
     """sigma_t * (x - mu) / sigma + mu_t with the moments of x and of lerp(x, x_adv, t)."""
     a, b = affine(moments(x), moments(torch.lerp(x, x_adv, t)))
@@ -80,47 +91,45 @@ def mix(x, x_adv, t) -> torch.Tensor:
 
 
 def weight_grad(W, xs, slot, y1, hp) -> torch.Tensor:
-    """d/dW of 0.5 * (loss(clean) + loss(adversarial)), each a batch mean, from the displacement x_adv - x =
-    step * d alone: no head's copy of its batch is made (`plus_batches`). The clean pass's logit gradient is
-    the first ascent step's. A plain head's x_adv has the logits x W^T + step d W^T and the gradient
-    r_adv^T x + step r_adv^T d; a mixed head's example a x + b (`affine`) has the logits a (x W^T) + b (W 1)^T
-    and the gradient (a r_adv)^T x + (r_adv^T b) 1^T. Every x term joins the clean one: one product per seed
-    (`grad_of`); the factor 0.5 is applied to the logit gradients, before the products."""
+    """d/dW of the A-FAN loss, each term a batch mean, from the displacement x_adv - x = step * d alone: no
+    head's copy of its batch is made (`plus_batches`). The clean pass's logit gradient is the first ascent
+    step's. Without re-injection the loss is 0.5 * (loss(clean) + loss(x_adv)), and x_adv's logits
+    x W^T + step d W^T give the gradient r_adv^T x + step r_adv^T d. With n strengths, each re-injected
+    example a_k x + b_k (`affine`) has the logits a_k (x W^T) + b_k (W 1)^T and the gradient
+    (a_k r_k)^T x + (r_k^T b_k) 1^T; the loss is their mean with the clean one's. Every x term joins the
+    clean one: one product per seed (`grad_of`); the weights are applied to the logit gradients first."""
     xW = logits_of(xs, W, slot)
     r = logit_grad_at(xW, y1, hp)  # clean
     d, step = displacement(W, xW, y1, hp, hp["steps"], first=r, out=scratch(hp, (*xW.shape[:2], W.shape[-1]), W))
-    extra = []  # (heads, a function adding their terms beyond the x terms to their part of the gradient)
-    for mixed in (True, False):
-        on = (hp["mix"] > 0) if mixed else (hp["mix"] <= 0)
-        if not on.any():
-            continue
-        h = head_index(on)
-        sub = {"lamda": hp["lamda"][h], "delta": hp["delta"][h]}
-        if mixed:  # d serves these heads only here: lerp(x, x_adv, t) = x + t step d is made in its place
-            clean = [v[slot[h]] for v in moments(xs)]  # the clean x's, per seed
-            t = hp["mix"][h] * step[h]
-            a, b = affine(clean, moments(plus_batches(d[h].mul_(t), xs, slot[h]), scratch=True))
-            r_adv = logit_grad_at(a * xW[h] + b * W[h].sum(-1).unsqueeze(1), y1[h], sub)
-            r[h] += a * r_adv
-            term = (b * r_adv).sum(1).unsqueeze(-1).mul_(0.5)
-            extra.append((h, lambda part, term=term: part.add_(term)))
-        else:
-            r_adv = logit_grad_at(xW[h] + step[h] * torch.einsum("gbd,gcd->gbc", d[h], W[h]), y1[h], sub)
-            r[h] += r_adv
-            rd = (r_adv * step[h]).transpose(1, 2)
-            extra.append((h, lambda part, rd=rd, dh=d[h]: part.baddbmm_(rd, dh, alpha=0.5)))
-    out = grad_of(r.mul_(0.5), xs, slot)
-    for h, add in extra:
-        part = add(out[h])
-        if not isinstance(h, slice):  # an index: out[h] was a copy
-            out[h] = part
-    return out
+    n = hp["reinject"]
+    if n == 0:
+        r_adv = logit_grad_at(xW + step * torch.einsum("gbd,gcd->gbc", d, W), y1, hp)
+        out = grad_of(r.add_(r_adv).mul_(0.5), xs, slot)
+        return out.baddbmm_((r_adv * step).transpose(1, 2), d, alpha=0.5)
+    clean = [v[slot] for v in moments(xs)]  # the clean x's, per head
+    row_sums = W.sum(-1).unsqueeze(1)  # (W 1)^T [G, 1, C]
+    term = torch.zeros_like(row_sums)
+    for t in strengths(n):  # lerp(x, x_adv, t) = x + t step d
+        a, b = affine(clean, moments(plus_batches(d * (t * step), xs, slot), scratch=True))
+        r_k = logit_grad_at(a * xW + b * row_sums, y1, hp)
+        r += a * r_k
+        term += (b * r_k).sum(1, keepdim=True)
+    out = grad_of(r.mul_(1 / (n + 1)), xs, slot)
+    return out.add_(term.transpose(1, 2).mul_(1 / (n + 1)))
 
 
 def setup(X, y, *, num_classes, points, seeds) -> dict:
-    return {"steps": points[0]["steps"]}
+    return {"steps": points[0]["steps"], "reinject": points[0]["reinject"]}
+
+
+def check(points: list[dict]) -> None:
+    for p in points:
+        if not isinstance(p["reinject"], int) or isinstance(p["reinject"], bool) or p["reinject"] < 0:
+            raise UserError(f"method.params.reinject must be a whole number of strengths (0 = off), "
+                            f"not {p['reinject']!r}")
 
 
 def fit(X, y, *, num_classes: int, points: list[dict], device) -> Heads:
+    check(points)
     return train(X, y, num_classes=num_classes, points=points, device=device, augment_keys=KEYS,
-                 weight_grad=weight_grad, setup=setup, stack_keys=STACK, within=lambda p: p["mix"] > 0)
+                 weight_grad=weight_grad, setup=setup, stack_keys=STACK)

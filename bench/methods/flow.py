@@ -5,12 +5,22 @@ A flow is fitted once on the features the heads are trained on (the fitted examp
 heads see them) after PCA to `pca_dim` dimensions (bench.flows: fitted once, cached on disk). Each step
 replaces every example of the batch by its perturbed version (the official `ratio` 1.0):
   p = PCA coordinates of x, z = flow(p);
-  `rand`: z' = z + N(0, eps^2) per latent coordinate (the official FlowRandPert);
+  `rand`: z' = z + n, n ~ N(0, r^2) per latent coordinate, then clipped to the ball of radius r of `norm`
+    (the official FlowRandPert with its `ord`: n / max(||n|| / r, 1) in L2, a clamp in L-inf);
   `adv`: latent PGD against the current head with the head's own predictions as labels (the official
-    FlowAdvPert, "avoid label leaking"): a random start uniform in the eps ball, `steps` steps of length
-    alpha * eps along sign(grad) (`norm` linf) or grad / ||grad|| (`norm` l2), projected on the eps ball;
+    FlowAdvPert, "avoid label leaking"), on the plain cross-entropy of the head's logits (its `loss_fn`,
+    nn.CrossEntropyLoss; not the trainer's temperature loss): a random start uniform in [-r, r]^k projected
+    on the ball, `steps` steps of length alpha * r along sign(grad) (`norm` linf) or grad / ||grad||
+    (`norm` l2), each projected on the ball;
   p' = flow^-1(z'), x' = x + V (p' - p): decoded, with the PCA residual of x added back; the head is
   trained on x' with the true labels.
+The defaults are the official README's CIFAR commands: `adv` L2, eps 1.0, alpha 0.5 eps, 3 steps (and `rand`
+L2, eps 20, in the grid). Those radii were chosen for the official Glow's latent of d0 = 3 x 32 x 32 = 3072
+coordinates; ours has k = pca_dim. A standard normal latent's length is about sqrt(d) (E||z||^2 = d), so an
+L2 radius eps moves z by the fraction eps / sqrt(d0) of its length there; the same fraction here is
+r = eps * sqrt(k / d0) (`radius`). In L-inf a coordinate's scale does not depend on d: r = eps.
+With `flow_transforms` 0 (`method=flow_linear`) the flow is the PCA whitening alone: the same perturbations
+through the linear part only, the ablation that shows what the coupling layers add.
 Everything after the flow lives in the k = pca_dim principal coordinates: the head's logits of x' are
 x W^T + (p' - p) (W V)^T and its weight gradient r^T x + (r^T (p' - p)) V^T, so a step costs about one
 `sgd` step plus the flow's k-dimensional passes, never a second [G, B, D] product. The features are
@@ -31,6 +41,12 @@ STACK = ("norm", "steps")  # `rand` and `adv` heads share a stack: one encode an
 MODES, NORMS = ("rand", "adv"), ("l2", "linf")
 FIT = ("pca_dim", "flow_transforms", "flow_hidden", "flow_epochs", "flow_batch_size", "flow_lr", "flow_seed")
 STREAM = 104729  # offset of the perturbation generators' seeds from the heads' own
+LATENT_DIM = 3 * 32 * 32  # d0: the official CIFAR Glow's latent size, for which its eps values were chosen
+
+
+def radius(eps, norm: str, k: int):
+    """The latent radius r of `eps` (given in the official CIFAR latent's units) in a k-dimensional latent."""
+    return eps * (k / LATENT_DIM) ** 0.5 if norm == "l2" else eps
 
 
 def project(delta, eps, norm: str) -> torch.Tensor:
@@ -42,7 +58,7 @@ def project(delta, eps, norm: str) -> torch.Tensor:
 
 
 def latent_pgd(codec, W, xW, p, z, start, hp) -> torch.Tensor:
-    """The adversarial latent offset delta [G, B, k] of each head (module docstring)."""
+    """The adversarial latent offset delta [G, B, k] of each head (module docstring); hp["eps"] is the radius r."""
     eps, norm = hp["eps"], hp["norm"]
     pred = torch.nn.functional.one_hot(xW.argmax(-1), W.shape[1]).to(xW.dtype)  # the head's own labels
     WV = W @ codec.basis  # [G, C, k]
@@ -51,7 +67,8 @@ def latent_pgd(codec, W, xW, p, z, start, hp) -> torch.Tensor:
         delta.requires_grad_(True)
         with torch.enable_grad():
             p_new = codec.decode(z + delta)
-            r = logit_grad_at(xW + (p_new.detach() - p) @ WV.transpose(1, 2), pred, hp)  # d loss / d logits
+            # d CE / d logits of each example, up to the batch mean's 1/B (the step is normalised per example)
+            r = torch.softmax(xW + (p_new.detach() - p) @ WV.transpose(1, 2), -1) - pred
             (grad,) = torch.autograd.grad(p_new, delta, grad_outputs=r @ WV)  # through the flow only
         with torch.no_grad():
             step = grad.sign() if norm == "linf" else grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-30)
@@ -60,13 +77,14 @@ def latent_pgd(codec, W, xW, p, z, start, hp) -> torch.Tensor:
 
 
 def offsets(codec, W, xW, p, z, noise, hp) -> torch.Tensor:
-    """The latent perturbation [G, B, k] of each head from a standard normal draw `noise` [G, B, k]:
-    eps * noise for a `rand` head; for an `adv` head (hp["adv"] [G, 1, 1]), the PGD from a random start
-    uniform in [-1, 1]^k (the normal draw through its CDF), scaled to the ball."""
-    out = hp["eps"] * noise
+    """The latent perturbation [G, B, k] of each head from a standard normal draw `noise` [G, B, k], with
+    r = radius(hp["eps"]): r * noise clipped to the r-ball for a `rand` head; for an `adv` head (hp["adv"]
+    [G, 1, 1]), the PGD from a random start uniform in [-1, 1]^k (the normal draw through its CDF), scaled."""
+    r = radius(hp["eps"], hp["norm"], z.shape[-1])
+    out = project(r * noise, r, hp["norm"])
     if hp["adv"].any():
         h = head_index(hp["adv"])  # fit orders the heads: the adv ones are contiguous
-        sub = {k: hp[k][h] for k in ("eps", "alpha", "lamda", "delta")} | {k: hp[k] for k in ("norm", "steps")}
+        sub = {"eps": r[h], "alpha": hp["alpha"][h], "norm": hp["norm"], "steps": hp["steps"]}
         out[h] = latent_pgd(codec, W[h], xW[h], p[h], z[h], 2 * torch.special.ndtr(noise[h]) - 1, sub)
     return out
 

@@ -17,10 +17,12 @@ sampled features, whatever the temperature. In the pre-temperature logits the te
 
 Features are frozen, so each class's mean and covariance are computed once, exactly, from the examples
 being fitted (the normalised features the head sees; biased, dividing by n_c, as the official estimator),
-never from val or test. `cov`: `diag` (the official ImageNet code), `full` (Sigma_c as the class's centred
-examples, factored: Sigma_c = F_c^T F_c with F_c [min(n_c, D), D]) or `lowrank` (probabilistic PCA: the
-top-`rank` principal directions plus the mean of the other eigenvalues on the identity, which keeps
-Sigma_c's trace). No C x D x D tensor is ever made; q of all class pairs is formed per step from [C, D]
+never from val or test. `cov`: `full` (the paper's main form and the official CIFAR code: Sigma_c as the
+class's centred examples, factored: Sigma_c = F_c^T F_c with F_c [min(n_c, D), D]), `diag` (the official
+ImageNet code) or `lowrank` (ours, probabilistic PCA: the top-`rank` principal directions plus the mean of
+the other eigenvalues on the identity, which keeps Sigma_c's trace). `auto` (the default) is `full` wherever
+its factor fits the memory rule (at most 2^28 numbers, `fits`), else `lowrank`, else `diag`; each head's
+entry in the record's fits says which it used (`cov`). No C x D x D tensor is ever made; q of all class pairs is formed per step from [C, D]
 and [C, r, D] factors (the term depends on the weights only, not on the batch).
 
 The step size (ours; the official code trains a deep network at its usual schedule). The quadratic term
@@ -42,7 +44,8 @@ from bench.methods.sgd import grad_of, logit_grad_at, logits_of, train
 
 KEYS = ("lambda0",)
 STACK = ("cov", "rank")  # the class statistics depend on them: one stack per value
-COVS = ("diag", "full", "lowrank")
+COVS = ("auto", "full", "lowrank", "diag")
+LIMIT = 2 ** 28  # the most numbers a covariance factor may hold (1 GiB in float32): the memory rule
 BUDGET = 2 ** 24  # elements of the [heads, C, r, C] products made at once (64 MiB in float32)
 
 
@@ -174,19 +177,39 @@ def setup(X, y, *, num_classes, points, seeds) -> dict:
     return {"stats": stats, "sigma_max": spectral_norm(stats)}
 
 
+def factor_size(y, *, num_classes: int, dim: int, cov: str, rank: int) -> int:
+    """Numbers in the covariance statistics of `cov` on these labels: C x rows x D (C x D for diag)."""
+    rows = 1 if cov == "diag" else max_rank(y, num_classes=num_classes, dim=dim, cov=cov, rank=rank)
+    return num_classes * rows * dim
+
+
+def resolve(y, *, num_classes: int, dim: int, cov: str, rank: int) -> str:
+    """The covariance form a point uses: `auto` is the first of full, lowrank, diag whose statistics fit LIMIT."""
+    if cov != "auto":
+        return cov
+    return next(c for c in ("full", "lowrank", "diag")
+                if c == "diag" or factor_size(y, num_classes=num_classes, dim=dim, cov=c, rank=rank) <= LIMIT)
+
+
 def check(y, *, num_classes: int, dim: int, points: list[dict]) -> None:
-    """Bad `cov` or a full covariance factor too large to hold, in one sentence, before any training."""
+    """Bad `cov` or an asked-for covariance factor too large to hold, in one sentence, before any training."""
     for cov in {p["cov"] for p in points}:
         if cov not in COVS:
             raise UserError(f"unknown method.params.cov {cov!r}; known: {', '.join(COVS)}")
         rank = max(p["rank"] for p in points if p["cov"] == cov)
-        size = num_classes * max_rank(y, num_classes=num_classes, dim=dim, cov=cov, rank=rank) * dim
-        if cov != "diag" and size > 2 ** 28:
+        size = factor_size(y, num_classes=num_classes, dim=dim, cov=cov, rank=rank)
+        if cov in ("full", "lowrank") and size > LIMIT:
             raise UserError(f"cov={cov} needs a {size * 4 / 2 ** 30:.1f} GiB covariance factor on these features "
-                            f"({num_classes} classes, {dim} dimensions); use cov=lowrank with a smaller rank, or diag")
+                            f"({num_classes} classes, {dim} dimensions); use cov=auto, lowrank with a smaller "
+                            "rank, or diag")
 
 
 def fit(X, y, *, num_classes: int, points: list[dict], device) -> Heads:
     check(y, num_classes=num_classes, dim=X.shape[1], points=points)
-    return train(X, y, num_classes=num_classes, points=points, device=device, augment_keys=KEYS,
-                 weight_grad=weight_grad, setup=setup, stack_keys=STACK, step_size=step_size)
+    used = [resolve(y, num_classes=num_classes, dim=X.shape[1], cov=p["cov"], rank=p["rank"]) for p in points]
+    heads = train(X, y, num_classes=num_classes, points=[p | {"cov": c} for p, c in zip(points, used)],
+                  device=device, augment_keys=KEYS, weight_grad=weight_grad, setup=setup, stack_keys=STACK,
+                  step_size=step_size)
+    for entry, cov in zip(heads.fits, used):
+        entry["cov"] = cov  # what `auto` became, in the record
+    return heads
