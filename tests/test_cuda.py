@@ -202,7 +202,7 @@ class Stop(Exception):
 def finetune_run(tmp, device, *, steps: int, stop_after: int | None = None, every: int = 1000):
     """Final weights of a fine-tuning run of `steps` steps (test_resnet on digits at 32 px, batch 16); with
     `stop_after`, the run is stopped at its next forward pass after that step's checkpoint and started again."""
-    from bench.finetune import network
+    from bench.finetune import checkpoint, network
     from bench.finetune.loop import train
 
     c = conf("backbone", "test_resnet")
@@ -228,7 +228,7 @@ def finetune_run(tmp, device, *, steps: int, stop_after: int | None = None, ever
     if stop_after is not None:
         with pytest.raises(Stop):
             session()
-        assert torch.load(path, weights_only=False)["step"] == stop_after
+        assert checkpoint.load(path)["step"] == stop_after
     return {k: v.detach().cpu() for k, v in session().state_dict().items()}
 
 
