@@ -37,6 +37,11 @@ from bench.methods import Heads
 HISTORY = 10  # curvature pairs L-BFGS keeps (and carries from one penalty to the next)
 GRAM_ROWS = 8192  # rows the preconditioner's second moment is taken on (a preconditioner need not be exact)
 MAX_EIGH_DIM = 8192  # above this many features, the preconditioner keeps only Sigma's diagonal
+# float32 products: a fit goes on in float64 once the decrease it expects is below COARSE_RESOLUTION of f
+# (float32 logits round f at about 1e-7 of its terms), when 3 steps along a direction find no lower f, or
+# after COARSE_ITERATIONS float32 iterations (a fit that needs more is resolving the rule below float32's
+# rounding of the gradient); the sweep's weaker penalties then start in float64
+COARSE_RESOLUTION, COARSE_ITERATIONS = 1e-6, 15
 
 
 def data_terms(W, b, X, Y1):
@@ -147,7 +152,8 @@ def direction(g, pairs, mu: float, metric) -> torch.Tensor:
     return -r
 
 
-def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, precondition, pairs: deque) -> dict:
+def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, precondition, pairs: deque,
+            precise: bool = False) -> dict:
     """Minimise f in place from theta = [W | b] until both (1) the largest gradient entry is at most `tol`
     (scikit-learn's rule) and (2) ||grad f|| <= rtol * (lam / N) * ||W|| (Frobenius norms over all
     parameters), at most `max_iter` iterations; returns how the fit ended.
@@ -163,9 +169,9 @@ def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, prec
     only at `max_iter`, or when even those find no lower objective; the record says which, and with which
     precision the rule was checked (`certificate`)."""
     mu = lam / len(X)
-    precise = X.dtype == torch.float64
+    precise = precise or X.dtype == torch.float64
     loss, gd, A = mixed_terms(theta, X, sums, precise=precise)
-    iterations, evaluations = 0, 1
+    iterations, evaluations, coarse = 0, 1, 0  # coarse: iterations with X's own (float32) products
 
     def full(theta, loss, gd):  # f and its gradient from the data terms
         W = theta[:, :-1]
@@ -191,7 +197,7 @@ def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, prec
                 d = direction(g, pairs, mu, metric)
                 slope = (g * d).sum()
             t, found = 1.0, False
-            for _ in range(30):
+            for _ in range(30 if precise else 3):
                 loss_t, gd_t, A_t = mixed_terms(theta + t * d, X, sums, precise=precise)
                 evaluations += 1
                 f_t, g_t = full(theta + t * d, loss_t, gd_t)
@@ -207,8 +213,10 @@ def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, prec
                 theta += t * d
                 loss, gd, A, f, g = loss_t, gd_t, A_t, f_t, g_t
                 iterations += 1
-                continue
-            if not precise:  # X's own products no longer resolve f here: go on in float64
+                coarse += not precise
+                if precise or (coarse < COARSE_ITERATIONS and -slope > COARSE_RESOLUTION * abs(f)):
+                    continue
+            if not precise:  # X's own products no longer resolve f (or the rule) here: go on in float64
                 precise = True
                 pairs.clear()
                 loss, gd, A = mixed_terms(theta, X, sums, precise=True)
@@ -266,7 +274,7 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
     X.sub_(mean).div_(scale)
     sums = class_sums(X, y.to(device), num_classes)
     mean, scale = mean.double(), scale.double()
-    precondition, pairs = Preconditioner(X), deque(maxlen=HISTORY)
+    precondition, pairs, precise = Preconditioner(X), deque(maxlen=HISTORY), False
     theta = torch.zeros(num_classes, X.shape[1] + 1, dtype=torch.float64, device=device)  # [W | b]
     optima, fits, path = [None] * len(points), [None] * len(points), []  # path: (penalty, theta), strongest first
     order = range(len(points)) if init is not None else sorted(range(len(points)), key=lambda i: -points[i]["penalty"])
@@ -278,7 +286,8 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
         elif len(path) >= 2:
             extrapolate(theta, path[-2:], lam)
         fits[i] = fit_one(X, sums, lam, theta, max_iter=points[i]["max_iter"], tol=points[i]["tol"],
-                          rtol=points[i]["rtol"], precondition=precondition, pairs=pairs)
+                          rtol=points[i]["rtol"], precondition=precondition, pairs=pairs, precise=precise)
+        precise = precise or fits[i]["certificate"] == "float64"
         optima[i] = theta.clone()
         path.append((lam, optima[i]))
     theta = torch.stack(optima)
