@@ -156,16 +156,18 @@ def peak_rss_above(run) -> int:
 
 def cold_gap(Xtr, ytr, heads, points, index: list[int], num_classes: int) -> tuple[float, float]:
     """The largest relative gaps of the sweep's heads at the points `index` to their optima fitted alone from
-    zero in float64 to rtol 1e-6 and tol 1e-9: (objective (f - f*) / f*, weights ||W - W*|| / ||W*||), both on
-    the standardised features the objective is defined on."""
+    zero in float64 to rtol 1e-3 and tol 1e-8 (10 and 1e4 times tighter than the YAML's): (objective (f - f*) / f*,
+    weights ||W - W*|| / ||W*||), both on the standardised features the objective is defined on; nan where a
+    cold fit did not converge within 5000 iterations."""
     X = Xtr.double()
     mean, scale = linear.moments(X, True)
     Xs, Y1 = (X - mean) / scale, torch.nn.functional.one_hot(ytr, num_classes).double()
     worst_f = worst_w = 0.0
     for i in index:
-        point = {**points[i], "max_iter": 20000, "tol": 1e-9, "rtol": 1e-6}
+        point = {**points[i], "max_iter": 5000, "tol": 1e-8, "rtol": 1e-3}
         cold = linear.fit(Xtr, ytr, num_classes=num_classes, points=[point], device="cpu", float64_max=math.inf)
-        assert cold.fits[0]["converged"], cold.fits[0]
+        if not cold.fits[0]["converged"]:
+            return math.nan, math.nan
         values = []
         for W, b in ((heads.weight[i].double(), heads.bias[i].double()), (cold.weight[0], cold.bias[0])):
             Ws, bs = W * scale, b + W @ mean  # back to the standardised space
