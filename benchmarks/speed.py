@@ -229,7 +229,7 @@ def bench_linear_shape(shape, points, penalties, params, args) -> None:
     pick = {k: int(v.argmax()) for k, v in val.items()}  # first maximum: ties go to the stronger penalty
     fits = out["ours"].fits
     ends = ", ".join(f"{n} {stop}" for stop, n in Counter(f["stop"] for f in fits).items())
-    shown = ", ".join(f"{n} in {c}" for c, n in Counter(f["certificate"] for f in fits).items())
+    shown = ", ".join(f"{n} in {c}" for c, n in Counter(f.get("certificate", "?") for f in fits).items())
     every = len(penalties) - 1
     index = sorted({round(every * k / max(1, args.linear_gap_points - 1)) for k in range(args.linear_gap_points)})
     gap_f, gap_w = cold_gap(Xtr, ytr, out["ours"], points, index, classes) if index and args.linear_gap_points \
@@ -238,7 +238,7 @@ def bench_linear_shape(shape, points, penalties, params, args) -> None:
     name = f"linear-{shape}"
     print(f"{name}: {LINEAR_SHAPES[shape][4]}, train {tuple(Xtr.shape)} float32, {classes} classes; our fits "
           f"ended: {ends} (the rule shown with {shown} products); per sweep: ours {sum(f['iterations'] for f in fits)}"
-          f" iterations, {sum(f['evaluations'] for f in fits)} objective evaluations; sklearn "
+          f" iterations, {sum(f.get('evaluations', 0) for f in fits) or '?'} objective evaluations; sklearn "
           f"{out['sk_iterations']} L-BFGS iterations; largest gap to the cold-started optimum at penalties "
           f"{[f'{penalties[i]:.3g}' for i in index]}: objective {gap_f:.2e} relative, weights {gap_w:.2e} relative; "
           f"our peak memory above the process's before the fit {max(memory) / features_bytes:.2f}x the train "
