@@ -213,17 +213,31 @@ def difference(config: dict, record: dict, splits: dict[str, str], *, remote: bo
     return None
 
 
-def sized_to_data(preprocess: dict, images) -> dict:
+def sized_to_data(preprocess: dict, images, probe: int = 32) -> dict:
     """`preprocess` with a null `resize`/`crop` set from the data: the shorter side of the first train image
-    (how `backbone=pixels` takes the size of whatever images it is given)."""
-    if preprocess.get("resize") is not None and preprocess.get("crop") is not None:
-        return preprocess
-    width, height = images.read(images.items[0]).size
-    side = min(width, height)
-    sized = {**preprocess, "resize": preprocess["resize"] or side, "crop": preprocess["crop"] or side}
-    log.info("preprocess: shorter side to %d, center crop %dx%d (resize/crop null: the first train image is "
-             "%dx%d)", sized["resize"], sized["crop"], sized["crop"], width, height)
-    return sized
+    (how `backbone=pixels` takes the size of whatever images it is given); a null `channels` (pixels' own) is
+    1 when the first `probe` train images are gray (R = G = B: readers hand every image over as RGB), else 3."""
+    sized = dict(preprocess)
+    if preprocess.get("resize") is None or preprocess.get("crop") is None:
+        width, height = images.read(images.items[0]).size
+        side = min(width, height)
+        sized.update(resize=preprocess["resize"] or side, crop=preprocess["crop"] or side)
+        log.info("preprocess: shorter side to %d, center crop %dx%d (resize/crop null: the first train image is "
+                 "%dx%d)", sized["resize"], sized["crop"], sized["crop"], width, height)
+    if "channels" in preprocess and preprocess["channels"] is None:
+        firsts = images.items[:probe]
+        gray = all(_gray(images.read(item)) for item in firsts)
+        sized["channels"] = 1 if gray else 3
+        log.info("preprocess: %d channel%s per pixel (channels null: the first %d train images are %s), %d features",
+                 sized["channels"], "" if gray else "s", len(firsts), "gray (R = G = B)" if gray else "in colour",
+                 sized["channels"] * sized["crop"] ** 2)
+    return preprocess if sized == preprocess else sized
+
+
+def _gray(image) -> bool:
+    """Whether an image's three channels hold the same values."""
+    r, g, b = (band.tobytes() for band in image.convert("RGB").split())
+    return r == g == b
 
 
 def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[str] = ()) -> Path | None:

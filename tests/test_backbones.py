@@ -344,7 +344,7 @@ def test_truncated_file_is_refused(written, models, tmp_path, monkeypatch):
 
 
 def test_baselines_and_timm_tags(models, tmp_path):
-    pixels = backbones.create(**zoo_config("pixels"), cache_dir=tmp_path)
+    pixels = backbones.create(**zoo_config("pixels", preprocess={**SMALL, "channels": 3}), cache_dir=tmp_path)
     assert pixels.model(torch.ones(1, 3, 4, 4)).shape == (1, 48)
     random = backbones.create(**zoo_config("test_resnet"), cache_dir=tmp_path)
     assert random.provenance == {"init_seed": 0}

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
-from bench import cli, job, results
+from bench import backbones, cli, job, results
 from bench import config as settings
+from bench import features as feature_cache
 from bench.data import FeatureSet, ImageList
 from bench.report import table
 
@@ -61,6 +64,25 @@ def test_pixels_take_the_size_of_the_data_and_say_so(caplog):
     assert sized == {**preprocess, "resize": 28, "crop": 28} and "center crop 28x28" in caplog.text
     fixed = {**preprocess, "resize": 8, "crop": 8}
     assert job.sized_to_data(fixed, images) is fixed  # an explicit size is kept
+
+
+def test_pixels_keep_the_images_own_channels_and_say_so(caplog):
+    """Gray images (handed over as RGB by every reader, R = G = B) give one channel: 784 columns on MNIST, not
+    2,352 (the gray channel three times); colour images keep three. The cache key follows (preprocess)."""
+    def read(item):
+        gray = Image.linear_gradient("L").resize((28, 28))
+        return gray.convert("RGB") if item != "colour" else Image.merge("RGB", (gray, gray.rotate(90), gray))
+    preprocess = {"resize": 28, "crop": 28, "interpolation": "bicubic", "mean": None, "std": None, "channels": None}
+    with caplog.at_level(logging.INFO, logger="bench.job"):
+        sized = job.sized_to_data(preprocess, ImageList(["a", "b"], [0, 1], read))
+    assert sized["channels"] == 1 and "1 channel per pixel" in caplog.text and "784 features" in caplog.text
+    assert job.sized_to_data(preprocess, ImageList(["a", "colour"], [0, 1], read))["channels"] == 3
+    flat = backbones.create(name="pixels", arch="pixels", source="none", preprocess=sized, cache_dir=Path("."))
+    x = flat.transform(read("a"))
+    assert x.shape == (1, 28, 28) and torch.equal(x[0], transforms.ToTensor()(read("a"))[0])
+    assert feature_cache.key(flat, "d", ImageList(["a"], [0], read), amp=False) != feature_cache.key(
+        backbones.create(name="pixels", arch="pixels", source="none", preprocess={**sized, "channels": 3},
+                         cache_dir=Path(".")), "d", ImageList(["a"], [0], read), amp=False)
 
 
 @pytest.mark.parametrize("given,shown", [(["backbone=pixels", "backbone.preprocess.resize=28", "+backbone.x=1",

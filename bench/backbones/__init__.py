@@ -46,19 +46,22 @@ class Backbone:
     provenance: dict = field(default_factory=dict)  # file, url, file_sha256, how it was verified, layout
 
 
-def make_transform(*, resize: int, crop: int, interpolation: str, mean, std) -> transforms.Compose:
+def make_transform(*, resize: int, crop: int, interpolation: str, mean, std, channels: int = 3) -> transforms.Compose:
     """The protocol's preprocessing: shorter side to `resize`, center crop `crop`, then normalise.
 
-    `mean`/`std` null means no normalisation ([0, 1] input, as SimCLR checkpoints expect).
+    `mean`/`std` null means no normalisation ([0, 1] input, as SimCLR checkpoints expect). `channels` 1 keeps
+    one gray channel (`backbone=pixels` on grayscale images: the same values, a third of the columns).
     """
-    if resize is None or crop is None:
-        raise UserError("preprocess resize/crop null means the data's own size: bench.job.sized_to_data sets it")
+    if resize is None or crop is None or channels is None:
+        raise UserError("preprocess resize/crop/channels null means the data's own: bench.job.sized_to_data sets it")
+    if channels not in (1, 3):
+        raise UserError(f"preprocess channels {channels!r}: 1 (gray) or 3 (RGB)")
     if interpolation not in INTERPOLATIONS:
         raise UserError(f"unknown interpolation {interpolation!r}; known: {sorted(INTERPOLATIONS)}")
     if isinstance(mean, str) or isinstance(std, str):
         raise UserError(f"preprocess mean/std {mean!r}/{std!r}: '{FROM_WEIGHTS}' only goes with source timm")
     steps = [transforms.Resize(resize, interpolation=INTERPOLATIONS[interpolation]),
-             transforms.CenterCrop(crop), transforms.ToTensor()]
+             transforms.CenterCrop(crop)] + ([transforms.Grayscale(1)] if channels == 1 else []) + [transforms.ToTensor()]
     if mean is not None:
         steps.append(transforms.Normalize(list(mean), list(std)))
     return transforms.Compose(steps)
