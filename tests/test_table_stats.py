@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -141,27 +143,65 @@ def test_published_rows_are_matched_and_compared(tmp_path):
     assert f"84.60 [ours {ours - 84.60:+.2f}]" in published[0] and "AugSelf, NeurIPS 2021" in published[0]
     assert "Lee et al." in text  # the citation under the table
     everything = table.build(tmp_path, tmp_path / "out", figures=False, all_published=True)
-    assert sum("| published" in line for line in everything.splitlines()) == 8  # every checkpoint of the CSV
+    lines = [line for line in everything.splitlines() if "| published" in line]
+    assert len(lines) == 8 + 2  # every checkpoint of the CSVs: AugSelf's 8, ssl-transfer's 2
+    # labelled as the zoo labels the checkpoint (its config's `published:` block), else by the CSV's columns
+    assert any(line.startswith("| DeepCluster-v2 R50") for line in lines)
+    assert any(line.startswith("| resnet18 stl10 mocov2 ") for line in lines)
+    assert "ssl-transfer readme.md" in (tmp_path / "out" / "table.csv").read_text()  # the row's own citation
 
 
-def test_cost_amortises_extraction_over_the_records_sharing_it(tmp_path):
+def test_published_rows_pair_by_identity_and_all_published_shows_their_datasets(tmp_path):
+    record(tmp_path, dataset="cifar10", accuracy=0.85, weights="w1")
+    # the same backbone name with other weights (a later checkpoint): its probe is another row, and only
+    # the row whose record names the checkpoint is held against the paper
+    record(tmp_path, dataset="cifar10", accuracy=0.50, weights="w2", published=False)
+    text = table.build(tmp_path, tmp_path / "out", figures=False)
+    ours = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("*.json")]
+    mine = next(r for r in ours if r["weights_sha256"] == "w1")["test"]["score"][0]
+    published = next(line for line in text.splitlines() if "| published" in line)
+    assert f"[ours {mine - 84.60:+.2f}]" in published
+    only_digits = tmp_path / "digits"
+    record(only_digits, dataset="digits")
+    everything = table.build(only_digits, only_digits / "out", figures=False, all_published=True)
+    assert "| cifar100" in everything.splitlines()[0].replace(" cifar100", "| cifar100") or "cifar100" in everything.splitlines()[0]
+    assert sum("| published" in line for line in everything.splitlines()) == 10
+
+
+def test_cost_shares_each_entry_by_one_rule_whatever_the_filter(tmp_path):
     record(tmp_path, method="linear", hit=False, fit=2.0, extract=(6.0, 3.0))  # extracted: 9 s
     record(tmp_path, method="sgd", hit=True, fit=5.0, extract=(0.1, 0.1))      # cache hits
     record(tmp_path, method="sea", hit=True, fit=7.0, extract=(0.1, 0.1))
     record(tmp_path, method="linear", dataset="dtd", hit=False, fit=1.0, extract=(4.0, 0.0), weights="w9")
     every = results.load_all(tmp_path)
     by_path = {r["path"]: r for r in every}
-    df = compare.cost(table.frame(every), by_path, every).set_index(["method", "dataset"])
+    df = compare.cost(table.frame(every), by_path).set_index(["method", "dataset"])
     assert df.loc[("sgd", "cifar10"), "extract_s"] == pytest.approx(3.0)   # 9 s over three readers
     assert df.loc[("linear", "dtd"), "extract_s"] == pytest.approx(4.0)    # its own entries only
     assert df["extract_s"].sum() == pytest.approx(13.0) and df["fit_s"].sum() == pytest.approx(15.0)
-    # shown alone, sea carries all 9 s, though the record that extracted is not shown
-    only = [r for r in every if r["method"] == "sea"]
-    alone = compare.cost(table.frame(only), {r["path"]: r for r in only}, every)
-    assert alone["extract_s"].tolist() == [pytest.approx(9.0)]
+    # a filter changes what is shown, never a shown cost: sea alone still carries its third
+    text = table.build(tmp_path, tmp_path / "out", figures=False, method=["sea"])
+    assert "10.0 (fit 7.0)" in text
     text = table.build(tmp_path, tmp_path / "out", figures=False, method=["linear"])
-    # other weights (w9) make the dtd probe another row: each row sums its own fit and extraction
-    assert "11.0 (fit 2.0)" in text and "5.0 (fit 1.0)" in text  # 2 + 9 (no other reader shown); 1 + 4
+    assert "5.0 (fit 2.0)" in text and "5.0 (fit 1.0)" in text  # 2 + 9/3; 1 + 4
+
+
+def test_cost_uses_what_each_record_stores_extraction_and_a_cached_flow(tmp_path):
+    """The record that extracted is in another results folder (a shared cache): the readers here still carry
+    the entry's stored seconds; a flow loaded from the cache costs its stored fit seconds, not the load."""
+    for method in ("sgd", "flow"):
+        rec = record(tmp_path, method=method, hit=True, fit=3.0, extract=(0.1, 0.1))
+        for entry in rec["features"].values():
+            entry["extraction_seconds"] = 6.0
+        if method == "flow":
+            rec["timings"]["fit"] = 3.0  # of which 0.5 s loading the cached flow
+            rec["method_costs"] = {"flow_fits": [{"key": "f1", "hit": True, "seconds": 0.5, "fit_seconds": 20.0}]}
+        path = next(p for p in (tmp_path / "runs").rglob(f"{method}-*.json"))
+        results.write(path, rec)
+    every = results.load_all(tmp_path)
+    df = compare.cost(table.frame(every), {r["path"]: r for r in every}).set_index("method")
+    assert df.loc["sgd", "extract_s"] == pytest.approx(6.0)  # two entries of 6 s, each shared by two readers
+    assert df.loc["flow", "fit_s"] == pytest.approx(3.0 - 0.5 + 20.0)
 
 
 def balanced(tex: str) -> bool:
@@ -173,21 +213,52 @@ def balanced(tex: str) -> bool:
     return depth == 0
 
 
-def test_latex_is_well_formed_with_one_row_per_record_set(tmp_path):
+def test_latex_is_a_float_a_paper_can_input(tmp_path):
     for d in ("cifar10", "dtd"):
         record(tmp_path, dataset=d)
-        record(tmp_path, dataset=d, method="sea_like_x", seeds=(0, 1, 2), accuracy=0.9)
+        record(tmp_path, dataset=d, method="sea", seeds=(0, 1, 2), accuracy=0.9)
     record(tmp_path, dataset="cifar10", backbone="b_2%&", published=False)
+    path = next(p for p in (tmp_path / "runs").rglob("sea-*.json") if "dtd" in str(p))
+    rec = json.loads(path.read_text())
+    rec["max_iter_hit"] = True
+    results.write(path, rec)
     table.build(tmp_path, tmp_path / "out", figures=False)
     tex = (tmp_path / "out" / "table.tex").read_text()
     assert balanced(tex) and tex.count("\\toprule") == tex.count("\\bottomrule") == 1
+    assert "\\begin{table}" in tex and "\\caption{" in tex and "\\label{" in tex
+    assert "\\begin{adjustbox}{max width=\\textwidth}" in tex
+    assert "C10 = CIFAR-10 (top-1)" in tex and "DTD = DTD (top-1)" in tex  # the paper's names, the metric
     body = tex.split("\\midrule", 1)[1].split("\\bottomrule")[0]
     rows = [line for line in body.splitlines() if line.endswith("\\\\")]
     assert len(rows) == 3 + 1  # three record sets, one published checkpoint
     cells = [re.sub(r"\\&", "", line).count("&") + 1 for line in rows]
-    assert cells == [7] * 4  # label, method, protocol, 2 datasets, average, cost
-    assert sum("\\textcolor{gray}" in line for line in rows) == 1 and "\\textbf{" in body
-    assert "B\\_2\\%\\&" in body  # the label, escaped
+    assert cells == [5] * 4  # backbone, method, 2 datasets, average
+    # the probe, its method, then the backbone's published row; the other backbone after a rule
+    assert rows[0].startswith("AUGSELF\\_IN100\\_MOCOV2 & Linear probe") and rows[1].startswith(" & SeA")
+    assert "\\textcolor{gray}" in rows[2] and rows[3].startswith("B\\_2\\%\\&")
+    assert "\\ddagger" in rows[1] and "(1/2)" in rows[3]  # ‡ printed; a partial average marked
+    assert "\\textbf{" in rows[1] and "\\underline{" in body
+    assert not re.search(r"(?<![a-zA-Z$])-\d", body)  # no hyphen for a minus
+
+
+def test_latex_fits_the_text_width_at_eleven_datasets(tmp_path):
+    """Compiled with pdflatex (skipped where there is none): 11 datasets + average, every method, published
+    rows, no overfull box."""
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        pytest.skip("pdflatex is not installed")
+    for d in table.ORDER:
+        record(tmp_path, dataset=d)
+        for method in ("sgd", "sea", "isda", "noise", "afan", "flow"):
+            record(tmp_path, dataset=d, method=method, seeds=(0, 1, 2), accuracy=0.86)
+    table.build(tmp_path, tmp_path / "out", figures=False)
+    doc = tmp_path / "out" / "paper.tex"
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs,xcolor,adjustbox}\\begin{document}\n"
+                   "\\input{table.tex}\n\\end{document}\n")
+    run = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=doc.parent,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "Overfull \\hbox" not in (doc.parent / "paper.log").read_text()
 
 
 def test_one_seed_shows_no_interval_and_filters_narrow(tmp_path):
