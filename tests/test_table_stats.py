@@ -7,16 +7,18 @@ import json
 import re
 import shutil
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats as sps
 
 from bench import UserError, results
 from bench.metrics import mean_per_class, top1
-from bench.report import compare, stats, table
+from bench.report import compare, plots, stats, table
 
 PUBLISHED = {"source": "augself_neurips2021_linear", "arch": "resnet50", "pretrain_data": "imagenet100",
              "pretrain_method": "mocov2"}
@@ -164,7 +166,7 @@ def test_published_rows_pair_by_identity_and_all_published_shows_their_datasets(
     only_digits = tmp_path / "digits"
     record(only_digits, dataset="digits")
     everything = table.build(only_digits, only_digits / "out", figures=False, all_published=True)
-    assert "| cifar100" in everything.splitlines()[0].replace(" cifar100", "| cifar100") or "cifar100" in everything.splitlines()[0]
+    assert "cifar100" in everything.splitlines()[0]  # the published rows' datasets become columns
     assert sum("| published" in line for line in everything.splitlines()) == 10
 
 
@@ -255,7 +257,8 @@ def test_latex_fits_the_text_width_at_eleven_datasets(tmp_path):
     doc = tmp_path / "out" / "paper.tex"
     doc.write_text("\\documentclass{article}\\usepackage{booktabs,xcolor,adjustbox}\\begin{document}\n"
                    "\\input{table.tex}\n\\end{document}\n")
-    run = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=doc.parent,
+    run = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], check=False,
+                         cwd=doc.parent,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:]
     assert "Overfull \\hbox" not in (doc.parent / "paper.log").read_text()
@@ -297,3 +300,106 @@ def test_reference_folders_without_sources_or_with_bad_ones(tmp_path):
     (tmp_path / "ref" / "t.csv").write_text("arch,dataset\nresnet50,cifar10\n")
     with pytest.raises(UserError, match="lacks the columns acc"):
         table.build(tmp_path, tmp_path / "out", figures=False, reference_dir=tmp_path / "ref")
+
+
+def brute_p(pred_a, pred_b, y, metric, resamples=stats.RESAMPLES, seed=stats.BOOTSTRAP_SEED, chunk=100):
+    """The bootstrap's p re-done by brute force: the same resamples, each difference as an exact Fraction."""
+    rng, signs = np.random.default_rng(seed), []
+    ca, cb = (pred_a == y).sum(0), (pred_b == y).sum(0)
+    for start in range(0, resamples, chunk):
+        for idx in rng.integers(0, len(y), (min(chunk, resamples - start), len(y)), dtype=np.int32):
+            d = [Fraction(int(ca[i]), len(pred_a)) - Fraction(int(cb[i]), len(pred_b)) for i in idx]
+            if metric == "top1":
+                total = sum(d)
+            else:
+                classes = {}
+                for i, v in zip(idx, d):
+                    classes.setdefault(int(y[i]), []).append(v)
+                total = sum(sum(v) / len(v) for v in classes.values())
+            signs.append((total > 0) - (total < 0))
+    signs = np.array(signs)
+    return min(1.0, 2 * min((signs <= 0).sum(), (signs >= 0).sum()) / len(signs)), int((signs == 0).sum())
+
+
+@pytest.mark.parametrize("metric", ["top1", "mean_per_class"])
+def test_bootstrap_counts_exact_ties_on_both_sides(metric):
+    """A case built to tie: a and b differ on two examples only (a right on one, b on the other), with
+    three seeds against two so the per-example differences are thirds and halves (never exact in binary)."""
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    a = np.stack([y] * 3)
+    b = np.stack([y] * 2)
+    a[:, 0] = 1        # a wrong on example 0 (class 0) in all 3 seeds
+    a[1:, 4] = 0       # and on example 4 in two seeds of three
+    b[:, 3] = 2        # b wrong on example 3 (class 0) in both seeds
+    b[0, 5] = 0        # and on example 5 in one seed of two
+    ours = stats.paired_bootstrap(a, b, y, metric=metric)
+    p, ties = brute_p(a, b, y, metric)
+    assert ties > 20 and ours["ties"] == ties  # the case does tie, and exactly as often as brute force says
+    assert ours["p"] == pytest.approx(p)
+    # the float count this replaces: a tie read as -1e-16 counts only as <= 0, so p shrinks with Δ < 0
+    assert ours["delta"] < 0
+
+
+def test_filters_keep_each_rows_partner_and_tests(tmp_path):
+    record(tmp_path, method="linear")
+    record(tmp_path, method="sea", seeds=(0, 1, 2), accuracy=0.9)
+    full = table.build(tmp_path, tmp_path / "out", figures=False)
+    only = table.build(tmp_path, tmp_path / "out", figures=False, method=["sea"])
+    line = lambda text: next(x for x in text.splitlines() if "| sea" in x)
+    assert line(only) == line(full) and "(+" in line(only)  # Δ and its star survive the filter
+    assert "No Δ" not in only and "| linear " not in only.split("\n\n")[0]
+    assert "0 / 1 / 0" in only  # the wins / ties / losses line too (a tie: Δ not significant)
+
+
+def test_csv_is_data_json_empty_where_none_and_p_at_its_resolution(tmp_path):
+    record(tmp_path, method="linear", accuracy=0.5)
+    record(tmp_path, method="sea", seeds=(0, 1, 2), accuracy=0.95)
+    record(tmp_path, method="linear", dataset="dtd", backbone="other", published=False)
+    table.build(tmp_path, tmp_path / "out", figures=False)
+    csv = pd.read_csv(tmp_path / "out" / "table.csv", keep_default_na=False)
+    sea, linear = csv[csv.method == "sea"].iloc[0], csv[(csv.method == "linear") & (csv.dataset == "cifar10")].iloc[0]
+    assert json.loads(sea["chosen"]) == {} and json.loads(sea["edge"]) == {}
+    assert linear["std"] == "" and linear["significant"] == "" and linear["paired_p"] == ""  # one seed; untested
+    assert sea["paired_p"] == f"< 2/{stats.RESAMPLES}" and sea["significant"] == "True"
+    assert float(sea["ci_hi"]) <= 100.0 and float(sea["ci_half"]) > 0
+    published = csv[csv.method == "published"]
+    assert len(published) and (published["citation"].str.startswith("Lee et al.")).all()
+
+
+def test_wilcoxon_is_listed_for_one_dataset_with_its_floor_and_zero_method(tmp_path):
+    record(tmp_path, method="linear")
+    record(tmp_path, method="sea", seeds=(0, 1), accuracy=0.9)
+    text = table.build(tmp_path, tmp_path / "out", figures=False)
+    assert "n = 1, p = 1 (cannot reach p < 0.05: its floor is 1)" in text
+    assert "zero_method='wilcox'" in text and "fewer than 6 non-zero differences" in text
+    assert stats.wilcoxon([0.0, 1.0, 2.0]) == {"n": 3, "nonzero": 2, "min_p": 0.5,
+                                               "p": pytest.approx(sps.wilcoxon([0.0, 1.0, 2.0]).pvalue)}
+    assert stats.wilcoxon([0.0])["p"] is None
+
+
+def test_wins_ties_losses_and_top1_on_every_dataset(tmp_path):
+    for k, d in enumerate(("cifar10", "dtd", "pets")):
+        record(tmp_path, dataset=d, metric="mean_per_class" if d == "pets" else "top1")
+        record(tmp_path, dataset=d, method="sea", seeds=(0, 1), accuracy=(0.97, 0.86, 0.5)[k],
+               metric="mean_per_class" if d == "pets" else "top1")
+    every = results.load_all(tmp_path)
+    by_path = {r["path"]: r for r in every}
+    tests = compare.wilcoxon(compare.paired(table.frame(every), by_path))
+    assert (tests.iloc[0]["wins"], tests.iloc[0]["ties"], tests.iloc[0]["losses"]) == (1, 1, 1)
+    top1 = compare.paired(table.frame(every, "top1"), by_path, "top1")
+    pets = top1[(top1.dataset == "pets") & (top1.method == "sea")].iloc[0]
+    rec = by_path[pets["record"]]
+    assert pets["mean"] == pytest.approx(np.mean(rec["test"]["top1"])) and pets["metric"] == "top1"
+
+
+def test_figures_tell_series_apart_and_mark_the_chosen_point(tmp_path):
+    looks = {tuple(plots.style(k).values()) for k in range(25)}
+    assert len(looks) == 25  # past the 10 colours, markers differ
+    curve = [{"point": {"penalty": pen, "mix": mix}, "val": 80.0 + k + (mix == 0.5)}
+             for k, pen in enumerate((0.01, 0.1, 1.0)) for mix in (0.5, 1.0)]
+    prof = plots.profiles(curve)
+    assert prof == {"penalty": [(0.01, 81.0), (0.1, 82.0), (1.0, 83.0)], "mix": [(0.5, 83.0), (1.0, 82.0)]}
+    record(tmp_path, method="linear")
+    record(tmp_path, method="sea", seeds=(0, 1), accuracy=0.95)
+    table.build(tmp_path, tmp_path / "out")
+    assert all((tmp_path / "out" / f).stat().st_size > 1000 for f in ("delta.png", "cost_gain.png", "val_curves.png"))

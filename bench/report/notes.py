@@ -65,7 +65,7 @@ def legend(df: pd.DataFrame, published: pd.DataFrame | None, tests: pd.DataFrame
              f" each method's metric averaged over its seeds; ties counted exactly, on both sides) puts the"
              f" difference at two-sided p < {stats.ALPHA}.")]
     if tests is not None and len(tests):
-        floor = min((n for n in range(1, 64) if 2.0 ** (1 - n) < stats.ALPHA))
+        floor = min(n for n in range(1, 64) if 2.0 ** (1 - n) < stats.ALPHA)
         lines.append(f"Wilcoxon signed-rank test (two-sided, α = {stats.ALPHA}, scipy's exact test, zero_method="
                      f"'{stats.ZERO_METHOD}': a zero Δ is dropped) of each method's per-dataset Δ: it cannot reach"
                      f" p < {stats.ALPHA} with fewer than {floor} non-zero differences (its smallest p is 2/2^n).")

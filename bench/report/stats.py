@@ -88,7 +88,7 @@ def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, y: np.ndarray, *, m
 def p_text(p: float, resamples: int = RESAMPLES) -> str:
     """A bootstrap p as printed: `< 2/B` when no resample fell on the other side (p's resolution is 2/B:
     the two-sided p doubles a count out of B), else its value."""
-    if p != p:  # NaN: untested
+    if math.isnan(p):  # untested
         return ""
     return f"< 2/{resamples}" if p == 0 else f"{p:.3g}"
 
