@@ -4,6 +4,7 @@ brute force, cost summed right, LaTeX well formed, filters."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -228,7 +229,7 @@ def test_latex_is_a_float_a_paper_can_input(tmp_path):
     tex = (tmp_path / "out" / "table.tex").read_text()
     assert balanced(tex) and tex.count("\\toprule") == tex.count("\\bottomrule") == 1
     assert "\\begin{table}" in tex and "\\caption{" in tex and "\\label{" in tex
-    assert "\\begin{adjustbox}{max width=\\textwidth}" in tex
+    assert "\\resizebox{\\ifdim\\width>\\textwidth\\textwidth\\else\\width\\fi}{!}{%" in tex
     assert "C10 = CIFAR-10 (top-1)" in tex and "DTD = DTD (top-1)" in tex  # the paper's names, the metric
     body = tex.split("\\midrule", 1)[1].split("\\bottomrule")[0]
     rows = [line for line in body.splitlines() if line.endswith("\\\\")]
@@ -255,7 +256,7 @@ def test_latex_fits_the_text_width_at_eleven_datasets(tmp_path):
             record(tmp_path, dataset=d, method=method, seeds=(0, 1, 2), accuracy=0.86)
     table.build(tmp_path, tmp_path / "out", figures=False)
     doc = tmp_path / "out" / "paper.tex"
-    doc.write_text("\\documentclass{article}\\usepackage{booktabs,xcolor,adjustbox}\\begin{document}\n"
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs,xcolor,graphicx}\\begin{document}\n"
                    "\\input{table.tex}\n\\end{document}\n")
     run = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], check=False,
                          cwd=doc.parent,
@@ -403,3 +404,16 @@ def test_figures_tell_series_apart_and_mark_the_chosen_point(tmp_path):
     record(tmp_path, method="sea", seeds=(0, 1), accuracy=0.95)
     table.build(tmp_path, tmp_path / "out")
     assert all((tmp_path / "out" / f).stat().st_size > 1000 for f in ("delta.png", "cost_gain.png", "val_curves.png"))
+
+
+def test_run_prints_the_tables_interval_not_the_std(caplog):
+    from bench import job
+
+    rec = {"dataset": "digits", "backbone_label": "pixels", "backbone": "pixels", "method": "sea", "metric": "top1",
+           "test": {"score": [91.0, 93.0, 95.0]}, "chosen": {}}
+    with caplog.at_level(logging.INFO, logger="bench.job"):
+        job.report(rec, Path("x.json"))
+        job.report(rec | {"test": {"score": [91.0]}}, Path("x.json"))
+    first, second = caplog.messages[-2:]
+    assert "93.00 ± 4.97 (95% interval) over 3 seed(s)" in first  # as the table's cell; the std would be 2.00
+    assert "91.00 over 1 seed(s)" in second and "±" not in second
