@@ -231,17 +231,19 @@ def test_latex_is_a_float_a_paper_can_input(tmp_path):
     assert "\\begin{table}" in tex and "\\caption{" in tex and "\\label{" in tex
     assert "\\resizebox{\\ifdim\\width>\\textwidth\\textwidth\\else\\width\\fi}{!}{%" in tex
     assert "C10 = CIFAR-10 (top-1)" in tex and "DTD = DTD (top-1)" in tex  # the paper's names, the metric
-    body = tex.split("\\midrule", 1)[1].split("\\bottomrule")[0]
-    rows = [line for line in body.splitlines() if line.endswith("\\\\")]
-    assert len(rows) == 3 + 1  # three record sets, one published checkpoint
-    cells = [re.sub(r"\\&", "", line).count("&") + 1 for line in rows]
-    assert cells == [5] * 4  # backbone, method, 2 datasets, average
-    # the probe, its method, then the backbone's published row; the other backbone after a rule
-    assert rows[0].startswith("AUGSELF\\_IN100\\_MOCOV2 & Linear probe") and rows[1].startswith(" & SeA")
-    assert "\\textcolor{gray}" in rows[2] and rows[3].startswith("B\\_2\\%\\&")
-    assert "\\ddagger" in rows[1] and "(1/2)" in rows[3]  # ‡ printed; a partial average marked
-    assert "\\textbf{" in rows[1] and "\\underline{" in body
-    assert not re.search(r"(?<![a-zA-Z$])-\d", body)  # no hyphen for a minus
+    body = tex.split("\\toprule", 1)[1].split("\\bottomrule")[0]
+    rows = [line for line in body.splitlines() if line.endswith("\\\\")][1:]  # after the header
+    # each backbone a heading row, its probe first, then its methods, then its published row
+    assert rows[0] == "\\multicolumn{5}{l}{\\textit{AUGSELF\\_IN100\\_MOCOV2}} \\\\"
+    assert rows[1].startswith("\\quad Linear probe") and rows[2].startswith("\\quad SeA")
+    assert rows[3].startswith("\\textcolor{gray}{\\quad published$^a$}")
+    assert "B\\_2\\%\\&" in rows[4] and rows[5].startswith("\\quad Linear probe") and len(rows) == 6
+    cells = [re.sub(r"\\&", "", line).count("&") + 1 for line in (rows[1], rows[2], rows[3], rows[5])]
+    assert cells == [5] * 4  # method, 2 datasets, average, W/T/L
+    assert re.search(r"& \d/\d/\d \\\\$", rows[2]) and rows[1].endswith("&  \\\\")  # W/T/L; none for the probe
+    assert "\\ddagger" in rows[2] and "(1/2)" in rows[5]  # ‡ printed; a partial average marked
+    assert "\\textbf{" in rows[2] and "\\underline{" in body and "$^a$: AugSelf, NeurIPS 2021" in tex
+    assert not re.search(r"(?<![a-zA-Z$])-\\d", body)  # no hyphen for a minus
 
 
 def test_latex_fits_the_text_width_at_eleven_datasets(tmp_path):
