@@ -393,6 +393,11 @@ def test_wins_ties_losses_and_top1_on_every_dataset(tmp_path):
     pets = top1[(top1.dataset == "pets") & (top1.method == "sea")].iloc[0]
     rec = by_path[pets["record"]]
     assert pets["mean"] == pytest.approx(np.mean(rec["test"]["top1"])) and pets["metric"] == "top1"
+    text = table.build(tmp_path, tmp_path / "out", figures=False, metric="top1")
+    assert "pets: top1" in text
+    pets_published = next(line for line in text.splitlines() if "| published" in line).split("|")[5]
+    assert pets_published.strip() == "70.08"  # the paper's mean per-class number, not held against our top-1
+    assert "[ours" in next(line for line in text.splitlines() if "| published" in line).split("|")[4]  # cifar10: both top-1
 
 
 def test_figures_tell_series_apart_and_mark_the_chosen_point(tmp_path):
