@@ -126,5 +126,6 @@ def wilcoxon(df: pd.DataFrame) -> pd.DataFrame:
                     | {"wins": int((sig & (tested["paired_delta"] > 0)).sum()),
                        "losses": int((sig & (tested["paired_delta"] < 0)).sum()), "ties": int((~sig).sum()),
                        "untested": int(len(group) - len(tested))})
-    return pd.DataFrame(rows, columns=["row", "label", "method", "protocol", "mean_delta", "n", "nonzero", "p",
-                                       "min_p", "wins", "ties", "losses", "untested"])
+    out = pd.DataFrame(rows, columns=["row", "label", "method", "protocol", "mean_delta", "n", "nonzero", "p",
+                                      "min_p", "wins", "ties", "losses", "untested"])
+    return out.sort_values(["label", "method", "protocol"], kind="stable").reset_index(drop=True)  # as the table
