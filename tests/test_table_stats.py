@@ -339,8 +339,17 @@ def test_bootstrap_counts_exact_ties_on_both_sides(metric):
     p, ties = brute_p(a, b, y, metric)
     assert ties > 20 and ours["ties"] == ties  # the case does tie, and exactly as often as brute force says
     assert ours["p"] == pytest.approx(p)
-    # the float count this replaces: a tie read as -1e-16 counts only as <= 0, so p shrinks with Δ < 0
     assert ours["delta"] < 0
+    # the float count this replaces misreads some ties (thirds and halves that cancel as +-1e-16): the case
+    # is one where counting on floats gives another p
+    diff = (a == y).mean(0) - (b == y).mean(0)
+    rng, floats = np.random.default_rng(stats.BOOTSTRAP_SEED), []
+    for _ in range(0, stats.RESAMPLES, 100):
+        idx = rng.integers(0, len(y), (100, len(y)), dtype=np.int32)
+        floats.append(stats.metric_of(diff[idx], y[idx], metric, 3))
+    floats = np.concatenate(floats)
+    assert (floats == 0).sum() < ties
+    assert min(1.0, 2 * min((floats <= 0).mean(), (floats >= 0).mean())) != pytest.approx(p)
 
 
 def test_filters_keep_each_rows_partner_and_tests(tmp_path):
