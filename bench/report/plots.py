@@ -61,7 +61,8 @@ def delta(df: pd.DataFrame, datasets: list[str], path: Path) -> None:
         ax.errorbar(x, group["paired_delta"], yerr=err, fmt=look["marker"], color=look["color"], capsize=3,
                     mfc="white", label=f"{label} / {method} ({protocol})")
         sig = (group["significant"] == True).to_numpy()
-        ax.plot(x[sig], group["paired_delta"].to_numpy()[sig], look["marker"], color=look["color"], ls="none")
+        ax.plot(x[sig], group["paired_delta"].to_numpy()[sig], look["marker"], color=look["color"], ls="none",
+                zorder=3)  # filled, over the hollow marker
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(datasets)), datasets, rotation=30 if len(datasets) > 4 else 0)
     ax.set_ylabel("Δ vs linear probe (points)")
