@@ -409,7 +409,7 @@ def test_wins_ties_losses_and_top1_on_every_dataset(tmp_path):
     assert "[ours" in next(line for line in text.splitlines() if "| published" in line).split("|")[4]  # cifar10: both top-1
 
 
-def test_figures_tell_series_apart_and_mark_the_chosen_point(tmp_path):
+def test_figures_tell_series_apart_and_mark_the_chosen_point(tmp_path, monkeypatch):
     looks = {tuple(plots.style(k).values()) for k in range(25)}
     assert len(looks) == 25  # past the 10 colours, markers differ
     curve = [{"point": {"penalty": pen, "mix": mix}, "val": 80.0 + k + (mix == 0.5)}
@@ -420,6 +420,15 @@ def test_figures_tell_series_apart_and_mark_the_chosen_point(tmp_path):
     record(tmp_path, method="sea", seeds=(0, 1), accuracy=0.95)
     table.build(tmp_path, tmp_path / "out")
     assert all((tmp_path / "out" / f).stat().st_size > 1000 for f in ("delta.png", "cost_gain.png", "val_curves.png"))
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig))
+    every = results.load_all(tmp_path)
+    df = compare.paired(table.frame(every), {r["path"]: r for r in every})
+    assert df.loc[df.method == "sea", "significant"].tolist() == [True]
+    plots.delta(df, ["cifar10"], tmp_path / "d.png")
+    filled = [line for line in figures[0].axes[0].lines if line.get_marker() == "o" and line.get_mfc() != "white"]
+    assert len(filled) == 1 and filled[0].get_zorder() > 2  # the significant one, drawn over the hollow marker
+    assert figures[0].axes[0].get_title().startswith("Difference to the linear probe")
 
 
 def test_run_prints_the_tables_interval_not_the_std(caplog):
