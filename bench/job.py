@@ -7,6 +7,7 @@ import importlib
 import inspect
 import json
 import logging
+import re
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ import torch
 from bench import UserError, backbones, features, locks, protocol, results, temps
 from bench.config import validate
 from bench.data import FeatureSet, Task, augself
+from bench.report import stats
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +306,7 @@ def run(config: dict, dataset: Task | FeatureSet, *, backbone_overrides: list[st
                   "split_rule": augself.rule(dataset.name) if prot.get("split") == "augself" else "canonical",
                   "timings": timings, "device": str(device),
                   "precision": precision(device, config["extract"].get("amp", True)),
-                  "provenance": results.provenance(device),
+                  "provenance": results.provenance(device) | {"numerics": numerics(device)},
                   "cost": cost_record(device, timings, entries, stages.get("stages")),
                   **({"finetune_runs": stages.get("runs", [])} if images else {}),
                   "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}  # orders a cell's records
@@ -340,8 +342,20 @@ def method_fit(module: str, *, cache_dir: Path):
     return partial(fit, **{k: v for k, v in extra.items() if k in accepted}), costs
 
 
+def numerics(device: torch.device) -> dict:
+    """What makes the same run's numbers differ between machines (the table prints it): torch's intra-op
+    thread count (how a reduction is split, so the order of its sums), the BLAS torch was built with and the
+    CPU's vector instructions torch dispatches to."""
+    blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return {"threads": torch.get_num_threads(), "blas": blas.group(1) if blas else None,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": device.type}
+
+
 def report(record: dict, path: Path) -> None:
-    scores = torch.tensor(record["test"]["score"])
-    log.info("%s / %s / %s: test %s %.2f ± %.2f over %d seed(s), chose %s -> %s", record["dataset"],
-             record["backbone_label"] or record["backbone"], record["method"], record["metric"], scores.mean(),
-             scores.std() if len(scores) > 1 else 0.0, len(scores), record["chosen"] or "fixed params", path)
+    """One line per run; ± as in the table: half of the 95% Student-t interval of the mean over seeds."""
+    scores = record["test"]["score"]
+    ci = stats.interval(scores)
+    spread = f" ± {(ci[1] - ci[0]) / 2:.2f} (95% interval)" if ci else ""
+    log.info("%s / %s / %s: test %s %.2f%s over %d seed(s), chose %s -> %s", record["dataset"],
+             record["backbone_label"] or record["backbone"], record["method"], record["metric"],
+             sum(scores) / len(scores), spread, len(scores), record["chosen"] or "fixed params", path)

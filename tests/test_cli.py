@@ -26,6 +26,8 @@ def test_demo_and_table(seabench, tmp_path):
         assert set(record["timings"]) >= {"backbone", "fit", "features_train", "features_val", "features_test"}
         assert len(record["test"]["top1"]) == 1 and record["test"]["top1"][0] > 60  # real learning on real digits
         assert record["provenance"]["packages"]["torch"]
+        # what makes the row differ between machines; the demo fixes its threads (conf/experiment/demo.yaml)
+        assert record["provenance"]["numerics"]["threads"] == 2 and record["provenance"]["numerics"]["cpu_capability"]
         extract = record["cost"]["stages"]["extract_train"]
         assert extract["extraction_images"] == record["sizes"]["train"] and extract["extraction_seconds"] > 0
         assert extract["images"] == (0 if extract["cached"] else record["sizes"]["train"])
@@ -34,8 +36,10 @@ def test_demo_and_table(seabench, tmp_path):
             assert "eta" in record["chosen"]
         if record["method"] == "flow":
             assert record["timings"]["flow_fit"] > 0 and not record["method_costs"]["flow_fits"][0]["hit"]
+            assert record["method_costs"]["flow_fits"][0]["fit_seconds"] > 0
     table = seabench("table").stdout
     assert "random-init ResNet-10-T" in table and "pixels" in table and "digits" in table
+    assert "Numerics (what makes a row differ between machines): 2 threads" in table
     assert (tmp_path / "results" / "table.md").read_text().strip() == table.strip()
     assert len((tmp_path / "results" / "table.csv").read_text().splitlines()) == 15
     # a second run of the same cell is skipped, and extracts nothing

@@ -173,6 +173,8 @@ def test_the_flow_cache_hits_on_a_second_run_and_heals(features, tmp_path):
     first, note1 = flows.fit(X, **SETTINGS, cache_dir=tmp_path)
     second, note2 = flows.fit(X, **SETTINGS, cache_dir=tmp_path)
     assert not note1["hit"] and note2["hit"] and note1["key"] == note2["key"]
+    # the fit's own seconds travel with the entry: a run that loads it reports what the fit cost (the table's cost)
+    assert note2["fit_seconds"] == note1["fit_seconds"] and 0 < note1["fit_seconds"] <= note1["seconds"]
     z = torch.randn(5, 8)
     torch.testing.assert_close(second.decode(z), first.decode(z), rtol=0, atol=0)
     assert flows.fit(X[:-1], **SETTINGS, cache_dir=tmp_path)[1]["key"] != note1["key"]  # other features, other key

@@ -37,7 +37,8 @@ def record(root: Path, *, backbone="pixels", label=None, method="linear", datase
 def build(root: Path) -> tuple[str, dict]:
     """The Markdown table and {(backbone label, method): row cells}."""
     text = table.build(root, root)
-    lines = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    first = text.split("\n\n")[0]  # the table (the one against the probe comes later)
+    lines = [line for line in first.splitlines() if line.startswith("| ") and "---" not in line]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}
     for line in lines[1:]:

@@ -24,12 +24,29 @@ PROTOCOL_PREFERENCE = ("augself", "selection", "reference")  # which of our prob
 COLUMNS = ["source", "cite", "short", "checkpoint", "dataset", "published"]
 
 
-def load(reference_dir: Path) -> pd.DataFrame:
-    """One row per published number: source, cite, short, checkpoint (the match columns, as JSON), dataset, value."""
+def zoo(conf_dir: Path) -> dict[str, str]:
+    """{published-row key: the backbone's label} over the zoo's configs (conf/backbone/*.yaml) that name
+    published rows, so a published row without runs of ours is labelled as the zoo labels that checkpoint."""
+    out = {}
+    for path in sorted(Path(conf_dir).glob("*.yaml")):
+        try:
+            config = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue  # `seabench doctor` reports a broken config; the table only loses a label
+        if isinstance(config, dict) and isinstance(config.get("published"), dict):
+            out[json.dumps(config["published"], sort_keys=True)] = str(config.get("label") or path.stem)
+    return out
+
+
+def load(reference_dir: Path, labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per published number: source, cite (the CSV's own `citation` column where it has one, else
+    sources.yaml's), short, checkpoint (the match columns, as JSON), dataset, value, and the zoo's label of
+    that checkpoint (`labels`, from `zoo`)."""
+    labels = labels or {}
     reference_dir = Path(reference_dir)
     sources_file = reference_dir / "sources.yaml"
     if not sources_file.is_file():
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=[*COLUMNS, "zoo_label"])
     try:
         sources = yaml.safe_load(sources_file.read_text()) or {}
     except yaml.YAMLError as err:
@@ -44,12 +61,14 @@ def load(reference_dir: Path) -> pd.DataFrame:
         missing = [c for c in [*spec["match"], spec["value"], "dataset"] if c not in table.columns]
         if missing:
             raise UserError(f"{csv} lacks the columns {', '.join(missing)} that {sources_file} names")
+        keys = [json.dumps({"source": csv.stem} | {c: row[c] for c in spec["match"]}, sort_keys=True)
+                for _, row in table.iterrows()]
+        cite = table["citation"] if "citation" in table.columns else spec["cite"]
         frames.append(pd.DataFrame({
-            "source": csv.stem, "cite": spec["cite"], "short": spec["short"],
-            "checkpoint": [json.dumps({"source": csv.stem} | {c: row[c] for c in spec["match"]}, sort_keys=True)
-                           for _, row in table.iterrows()],
-            "dataset": table["dataset"], "published": table[spec["value"]].astype(float)}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+            "source": csv.stem, "cite": cite, "short": spec["short"], "checkpoint": keys,
+            "dataset": table["dataset"], "published": table[spec["value"]].astype(float),
+            "zoo_label": [labels.get(k) for k in keys]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*COLUMNS, "zoo_label"])
 
 
 def checkpoint_of(record: dict) -> str | None:
@@ -58,35 +77,43 @@ def checkpoint_of(record: dict) -> str | None:
     return json.dumps(block, sort_keys=True) if block else None
 
 
-def ours(df: pd.DataFrame, backbone: str, dataset: str) -> float | None:
-    """Our linear probe's mean on (backbone, dataset): protocol=augself first, then the others."""
-    cells = df[(df.backbone == backbone) & (df.dataset == dataset) & df.method.isin(BASELINES)]
+def ours(full: pd.DataFrame, row: str, dataset: str) -> pd.Series | None:
+    """Our linear probe's row on (backbone identity, dataset): protocol=augself first, then the others."""
+    cells = full[(full.row == row) & (full.dataset == dataset) & full.method.isin(BASELINES)]
     for protocol in PROTOCOL_PREFERENCE:
         for method in BASELINES:
             match = cells[(cells.protocol == protocol) & (cells.method == method)]
             if len(match):
-                return float(match["mean"].iloc[0])
+                return match.iloc[0]
     return None
 
 
-def rows(ref: pd.DataFrame, df: pd.DataFrame, records: dict[str, dict], *, datasets: list[str],
-         everything: bool = False) -> pd.DataFrame:
-    """The published rows to show: those matched to a shown backbone (all of them with `everything`),
-    restricted to `datasets`, each with `ours_minus_published` where we have the cell."""
+def rows(ref: pd.DataFrame, df: pd.DataFrame, full: pd.DataFrame, records: dict[str, dict], *, datasets: list[str],
+         everything: bool = False, metric: str | None = None) -> pd.DataFrame:
+    """The published rows to show: those whose checkpoint a shown row's backbone config names (matched by
+    that row's identity, so [ours] is the probe of the same weights), all of them with `everything`,
+    restricted to `datasets`; each with `ours_minus_published` where we have the cell in the published
+    metric (with `metric` forcing another one, only on datasets whose own metric it is)."""
     matched = {}
-    for backbone, path, label in zip(df["backbone"], df["record"], df["label"]):
+    for row, path, label in zip(df["row"], df["record"], df["label"]):
         key = checkpoint_of(records[path])
         if key is not None:
-            matched.setdefault(key, (backbone, label))
+            matched.setdefault(key, (row, label))
     out = []
-    for _, row in ref[ref.dataset.isin(datasets)].iterrows():
-        backbone, label = matched.get(row["checkpoint"], (None, None))
-        if backbone is None and not everything:
+    for _, ref_row in ref[ref.dataset.isin(datasets)].iterrows():
+        row, label = matched.get(ref_row["checkpoint"], (None, None))
+        if row is None and not everything:
             continue
-        mine = ours(df, backbone, row["dataset"]) if backbone else None
-        name = label or " ".join(str(v) for k, v in json.loads(row["checkpoint"]).items() if k != "source")
-        out.append({"backbone": backbone, "label": name, "method": "published", "protocol": row["short"],
-                    "dataset": row["dataset"], "published": row["published"], "cite": row["cite"],
-                    "ours": mine, "ours_minus_published": None if mine is None else round(mine - row["published"], 4)})
-    return pd.DataFrame(out, columns=["backbone", "label", "method", "protocol", "dataset", "published", "cite",
-                                      "ours", "ours_minus_published"])
+        mine = ours(full, row, ref_row["dataset"]) if row else None
+        if mine is not None and metric is not None and records[mine["record"]]["metric"] != metric:
+            mine = None  # ours in top-1, the paper's in the dataset's own metric: not comparable
+        zoo_label = ref_row["zoo_label"] if isinstance(ref_row["zoo_label"], str) else None
+        name = label or zoo_label or " ".join(
+            str(v) for k, v in json.loads(ref_row["checkpoint"]).items() if k != "source")
+        out.append({"backbone": None if mine is None else mine["backbone"], "row": row, "label": name,
+                    "method": "published", "protocol": ref_row["short"], "dataset": ref_row["dataset"],
+                    "published": ref_row["published"], "citation": ref_row["cite"],
+                    "ours": None if mine is None else mine["mean"],
+                    "ours_minus_published": None if mine is None else round(mine["mean"] - ref_row["published"], 4)})
+    return pd.DataFrame(out, columns=["backbone", "row", "label", "method", "protocol", "dataset", "published",
+                                      "citation", "ours", "ours_minus_published"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import UserError, digest, results, temps
-from bench.report import compare, latex, notes, plots, reference
+from bench.report import compare, latex, notes, plots, reference, stats
 
 log = logging.getLogger(__name__)
 
@@ -84,26 +84,28 @@ def partner(df: pd.DataFrame, row) -> tuple[int | None, str]:
     return None, "no linear probe record of this backbone, dataset and protocol"
 
 
-def deltas(df: pd.DataFrame) -> tuple[pd.Series, pd.Series, list[str]]:
+def deltas(df: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Δ vs the exact baseline partner and that partner's record, for every row that is not a baseline,
-    and one note per row that has none."""
-    delta, partners, notes = pd.Series(float("nan"), index=df.index), pd.Series(None, index=df.index, dtype=object), []
+    and, for a row that has none, why (None elsewhere)."""
+    delta = pd.Series(float("nan"), index=df.index)
+    partners, why = pd.Series(None, index=df.index, dtype=object), pd.Series(None, index=df.index, dtype=object)
     for i, row in df[~df.method.isin(compare.BASELINES)].iterrows():
-        j, why = partner(df, row)
+        j, reason = partner(df, row)
         if j is None:
-            notes.append(f"{row['label']} / {row['method']} / {row['protocol']} / {row['dataset']}: {why}")
+            why[i] = reason
         else:
             delta[i], partners[i] = round(row["mean"] - df.at[j, "mean"], 4), df.at[j, "record"]
-    return delta, partners, notes
+    return delta, partners, why
 
 
-def frame(records: list[dict]) -> pd.DataFrame:
-    """One row per (backbone identity, method, protocol, dataset): the newest record's numbers, with its Δ
-    against its exact linear partner (`deltas`); `df.attrs["notes"]` says where there is none and why."""
+def frame(records: list[dict], metric: str | None = None) -> pd.DataFrame:
+    """One row per (backbone identity, method, protocol, dataset): the newest record's numbers (in each
+    dataset's metric, or in `metric`), with its Δ against its exact linear partner (`deltas`) and, where
+    there is none, why (`no_partner`)."""
     rows = [{"backbone": r["backbone"], **identity(r), "method": r["method"],
-             "protocol": r["protocol"], "dataset": r["dataset"], "metric": r["metric"],
-             "mean": pd.Series(r["test"]["score"]).mean(),
-             "std": pd.Series(r["test"]["score"]).std() if len(r["test"]["score"]) > 1 else 0.0,
+             "protocol": r["protocol"], "dataset": r["dataset"], "metric": metric or r["metric"],
+             "mean": pd.Series(compare.scores(r, metric)).mean(),
+             "std": pd.Series(compare.scores(r, metric)).std() if len(r["test"]["score"]) > 1 else None,
              "seeds": len(r["test"]["score"]), "chosen": r["chosen"], "edge": r["edge"],
              "max_iter_hit": bool(r.get("max_iter_hit")),
              "fit_s": r["timings"].get("fit"), "created": r["created"], "record": r["path"]} for r in records]
@@ -114,90 +116,129 @@ def frame(records: list[dict]) -> pd.DataFrame:
         log.warning("%s / %s / %s / %s has %d records (other grids or settings); the table shows the newest, %s",
                     row.label, row.method, row.protocol, row.dataset, row.records, row.record)
     df = df.drop_duplicates(ROW + ["dataset"], keep="last").reset_index(drop=True)
-    df["delta_vs_linear"], df["partner"], notes = deltas(df)
-    df.attrs["notes"] = notes
+    df["delta_vs_linear"], df["partner"], df["no_partner"] = deltas(df)
     return df
 
 
 def cell(row, best: bool) -> str:
-    half = (row["ci_hi"] - row["ci_lo"]) / 2 if pd.notna(row.get("ci_hi", float("nan"))) else None
-    text = f"{row['mean']:.2f}" + (f" ± {half:.2f}" if half is not None else "")  # none for one seed
+    half = row.get("ci_half", float("nan"))
+    text = f"{row['mean']:.2f}" + (f" ± {half:.2f}" if pd.notna(half) else "")  # none for one seed
     text = (f"**{text}**" if best else text) + ("†" if row["edge"] else "") + ("‡" if row["max_iter_hit"] else "")
-    if "paired_delta" in row:  # paired by identity (bench.report.compare)
-        if pd.notna(row["paired_delta"]):
-            text += f" ({row['paired_delta']:+.2f}{'*' if row['significant'] else ''})"
-    elif row["method"] != "linear" and pd.notna(row["delta_vs_linear"]):
-        text += f" ({row['delta_vs_linear']:+.2f})"
+    if pd.notna(row.get("paired_delta", float("nan"))):  # paired by identity (bench.report.compare)
+        text += f" ({row['paired_delta']:+.2f}{'*' if row['significant'] is True else ''})"
     return text
 
 
-def columns(df: pd.DataFrame) -> list[str]:
-    return [d for d in ORDER if d in set(df.dataset)] + sorted(set(df.dataset) - set(ORDER))
+def columns(df: pd.DataFrame, extra=()) -> list[str]:
+    present = set(df.dataset) | set(extra)
+    return [d for d in ORDER if d in present] + sorted(present - set(ORDER))
 
 
-def markdown(df: pd.DataFrame, published: pd.DataFrame | None = None, tests: pd.DataFrame | None = None) -> str:
-    datasets = columns(df)
+def order(df: pd.DataFrame) -> list[tuple]:
+    """The table's row keys: by backbone label, the probe first within a backbone, then the methods."""
+    labels = dict(zip(df.row, df.label))
+    rank = {m: k for k, m in enumerate(compare.BASELINES)}
+    keys = {tuple(k) for k in df[ROW].itertuples(index=False)}
+    return sorted(keys, key=lambda k: (labels[k[0]], rank.get(k[1], len(rank)), k[1], k[2]))
+
+
+def average(values: pd.Series, total: int) -> str:
+    """The mean over the row's datasets, marked (k/n) when the row lacks some of the table's columns."""
+    return f"{values.mean():.2f}" + ("" if len(values) == total else f" ({len(values)}/{total})")
+
+
+def markdown(df: pd.DataFrame, published: pd.DataFrame | None = None, tests: pd.DataFrame | None = None,
+             datasets: list[str] | None = None) -> str:
+    datasets = datasets or columns(df)
     best = df.groupby("dataset")["mean"].transform("max") == df["mean"]
-    wide, labels = {}, dict(zip(df.row, df.label))
-    for i, row in df.iterrows():
-        wide.setdefault(tuple(row[ROW]), {})[row["dataset"]] = cell(row, best[i])
-    means = df.groupby(ROW)["mean"].agg(["mean", "count"])
+    labels = dict(zip(df.row, df.label))
     costs = notes.costs(df, ROW) if "fit_s" in df and "extract_s" in df else {}
-    lines = []
-    for key, cells in sorted(wide.items(), key=lambda item: (labels[item[0][0]], *item[0][1:])):
-        avg, count = means.loc[key]
-        average = f"{avg:.2f}" + ("" if count == len(datasets) else f" ({int(count)}/{len(datasets)})")
-        shown = {"backbone": labels[key[0]], "method": key[1], "protocol": key[2]}
-        lines.append(shown | {d: cells.get(d, "–") for d in datasets} | {"average": average}
+    published = published if published is not None else pd.DataFrame(columns=["row"])
+    lines, placed = [], set()
+    keys = order(df)
+    for n, key in enumerate(keys):
+        group = df[(df.row == key[0]) & (df.method == key[1]) & (df.protocol == key[2])]
+        cells = {row["dataset"]: cell(row, best[i]) for i, row in group.iterrows()}
+        lines.append({"backbone": labels[key[0]], "method": key[1], "protocol": key[2]}
+                     | {d: cells.get(d, "–") for d in datasets} | {"average": average(group["mean"], len(datasets))}
                      | ({"cost s": costs.get(key, "–")} if costs else {}))
-    lines += notes.published_lines(published, datasets) if published is not None else []
+        if n + 1 == len(keys) or keys[n + 1][0] != key[0]:  # the backbone's published rows right after it
+            lines += notes.published_lines(published[published.row == key[0]], datasets)
+            placed.add(key[0])
+    lines += notes.published_lines(published[~published.row.isin(placed)], datasets)  # no runs of ours
     metrics = df.groupby("dataset")["metric"].first()
-    note = ", ".join(f"{d}: {metrics[d]}" for d in datasets)
+    note = ", ".join(f"{d}: {metrics.get(d, 'as published')}" for d in datasets)
     return (pd.DataFrame(lines).fillna("").to_markdown(index=False, disable_numparse=True)
             + f"\n\nTest split. Metric per dataset: {note}.\n" + notes.legend(df, published, tests)
-            + partner_notes(df.attrs.get("notes", [])))
+            + notes.against_probe(tests) + partner_notes(df))
 
 
-def partner_notes(lines: list[str]) -> str:
+def partner_notes(df: pd.DataFrame) -> str:
+    lines = [f"{r.label} / {r.method} / {r.protocol} / {r.dataset}: {r.no_partner}"
+             for r in df.itertuples() if isinstance(r.no_partner, str)]
     if not lines:
         return ""
     return "\n\nNo Δ where no linear probe record is an exact partner:\n" + "".join(f"\n- {n}" for n in lines)
 
 
 REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference"  # the committed published numbers
+ZOO = Path(__file__).resolve().parents[2] / "conf" / "backbone"  # the backbones' `published:` blocks and labels
 
 
-def narrow(records: list[dict], **wanted: list[str] | None) -> list[dict]:
-    """The records whose backbone / method / dataset is among the wanted ones (None: any); one sentence for
-    a name no record has."""
+def check_names(records: list[dict], **wanted: list[str] | None) -> None:
+    """One sentence for a backbone / method / dataset name no record has."""
     for field, names in wanted.items():
         if names:
             known = sorted({r[field] for r in records})
             if unknown := sorted(set(names) - set(known)):
                 raise UserError(f"no record has {field} {', '.join(unknown)}; the records have: {', '.join(known)}")
-            records = [r for r in records if r[field] in names]
-    return records
+
+
+def keep(df: pd.DataFrame, **wanted: list[str] | None) -> pd.DataFrame:
+    """The rows whose backbone / method / dataset is among the wanted ones (None: any): a filter applied
+    after pairing and costing, so it changes what is shown, never a shown number."""
+    for field, names in wanted.items():
+        if names:
+            df = df[df[field].isin(names)]
+    return df.reset_index(drop=True)
+
+
+def csv(df: pd.DataFrame, published: pd.DataFrame) -> str:
+    """The long table: one line per cell. chosen / edge as JSON; std, significant and p empty where there
+    is none (one seed; untested); p below the bootstrap's resolution as `< 2/B`; a published row's
+    citation in its own column."""
+    out = df.assign(chosen=[json.dumps(c, sort_keys=True) for c in df["chosen"]],
+                    edge=[json.dumps(e, sort_keys=True) for e in df["edge"]],
+                    paired_p=[stats.p_text(p) for p in df["paired_p"]],
+                    significant=[None if s is None else bool(s) for s in df["significant"]])
+    out = out.drop(columns=["tested"])
+    return (pd.concat([out, published], ignore_index=True) if len(published) else out).to_csv(index=False)
 
 
 def build(results_dir: Path, out_dir: Path, *, backbone: list[str] | None = None, method: list[str] | None = None,
           dataset: list[str] | None = None, reference_dir: Path = REFERENCE, all_published: bool = False,
-          figures: bool = True) -> str:
+          figures: bool = True, metric: str | None = None, zoo_dir: Path = ZOO) -> str:
+    """Every record is paired, tested and costed first; the filters then choose the rows shown."""
     every = results.load_all(results_dir)  # damaged records are named and skipped there
     if not every:  # before any folder is made: a mistyped --results-dir leaves nothing behind
         raise UserError(f"no run records under {Path(results_dir) / 'runs'}: run `seabench run ...` first")
     temps.check_writable(out_dir, "table folder")  # before the work, however small
-    chosen = narrow(every, backbone=backbone, method=method, dataset=dataset)
-    by_path = {r["path"]: r for r in chosen}
-    df = compare.cost(compare.paired(frame(chosen), by_path), by_path, every)
-    datasets = columns(df)
-    published = reference.rows(reference.load(reference_dir), df, by_path, datasets=datasets,
-                               everything=all_published)
+    check_names(every, backbone=backbone, method=method, dataset=dataset)
+    by_path = {r["path"]: r for r in every}
+    full = compare.cost(compare.paired(frame(every, metric), by_path, metric), by_path)
+    df = keep(full, backbone=backbone, method=method, dataset=dataset)
+    ref = reference.load(reference_dir, reference.zoo(zoo_dir))
+    extra = sorted(set(ref.dataset)) if all_published else []
+    datasets = columns(df, [d for d in extra if not dataset or d in dataset])
+    published = reference.rows(ref, df, full, by_path, datasets=datasets, everything=all_published,
+                               metric=metric)
+    if all_published and published.empty:
+        log.warning("--all-published: the reference files have no row on the datasets shown (%s)", ", ".join(datasets))
     tests = compare.wilcoxon(df)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(df, published, tests)
-    long = pd.concat([df, published], ignore_index=True) if len(published) else df
-    for name, content in [("table.md", text + "\n"), ("table.csv", long.to_csv(index=False)),
-                          ("table.tex", latex.render(df, published, datasets, ROW, notes.costs(df, ROW)))]:
+    text = markdown(df, published, tests, datasets)
+    for name, content in [("table.md", text + "\n"), ("table.csv", csv(df, published)),
+                          ("table.tex", latex.render(df, published, datasets, tests, notes.costs(df, ROW)))]:
         results.write_text(out_dir / name, content, "table")
     if figures:
         plots.write_all(df, by_path, datasets, out_dir)
@@ -215,13 +256,16 @@ def main(argv: list[str]) -> int:
                         help="where table.md/.csv/.tex and the PNG figures go (default: results dir)")
     for field in ("backbone", "method", "dataset"):
         parser.add_argument(f"--{field}", type=names, action="extend", default=None,
-                            help=f"only these {field}s (config names; repeat or comma-separate)")
+                            help=f"only these {field}s (config names; repeat or comma-separate); rows are "
+                                 "paired and costed on every record first")
+    parser.add_argument("--metric", choices=["top1"], default=None,
+                        help="top-1 on every dataset (as SeA's code reports); default: each dataset's own metric")
     parser.add_argument("--reference-dir", type=Path, default=REFERENCE, help="published numbers (*.csv)")
     parser.add_argument("--all-published", action="store_true",
-                        help="show every published row, also those of backbones without runs")
+                        help="show every published row (and its datasets), also those of backbones without runs")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNG figures")
     args = parser.parse_args(argv)
     print(build(args.results_dir, args.out_dir or args.results_dir, backbone=args.backbone, method=args.method,
                 dataset=args.dataset, reference_dir=args.reference_dir, all_published=args.all_published,
-                figures=args.figures))
+                figures=args.figures, metric=args.metric))
     return 0
