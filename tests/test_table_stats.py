@@ -8,6 +8,7 @@ import logging
 import re
 import shutil
 import subprocess
+import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def predictions(accuracy: float, seed: int) -> np.ndarray:
 def record(root: Path, *, backbone="augself_in100_mocov2", method="linear", dataset="cifar10", seeds=(0,),
            accuracy=0.85, fit=2.0, hit=True, extract=(4.0, 2.0), weights="w1", metric="top1", published=True):
     y = labels()
-    preds = [predictions(accuracy, 100 * s + hash(method) % 97) for s in seeds]
+    preds = [predictions(accuracy, 100 * s + zlib.crc32(method.encode()) % 97) for s in seeds]  # str hash: per process
     score = [(mean_per_class(torch.tensor(p), torch.tensor(y)) if metric == "mean_per_class"
               else 100.0 * (p == y).mean()) for p in preds]
     keys = {"train": f"{weights}-{dataset}-train", "test": f"{weights}-{dataset}-test"}
@@ -393,7 +394,7 @@ def test_wilcoxon_is_listed_for_one_dataset_with_its_floor_and_zero_method(tmp_p
 def test_wins_ties_losses_and_top1_on_every_dataset(tmp_path):
     for k, d in enumerate(("cifar10", "dtd", "pets")):
         record(tmp_path, dataset=d, metric="mean_per_class" if d == "pets" else "top1")
-        record(tmp_path, dataset=d, method="sea", seeds=(0, 1), accuracy=(0.97, 0.86, 0.5)[k],
+        record(tmp_path, dataset=d, method="sea", seeds=(0, 1), accuracy=(0.97, 0.85, 0.5)[k],
                metric="mean_per_class" if d == "pets" else "top1")
     every = results.load_all(tmp_path)
     by_path = {r["path"]: r for r in every}
