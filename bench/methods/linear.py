@@ -8,20 +8,23 @@ so the same penalty reaches the same optimum. With `standardize`, the objective 
 features standardised with the mean and standard deviation of the examples being fitted (never of
 the examples being scored), which makes one penalty grid fit every backbone's feature scale; the
 returned heads fold the standardisation in, so they act on raw features. The grid (45 log-spaced
-values in [1e-6, 1e5], Kornblith et al. 2019) is swept from the strongest penalty to the weakest, each
-fit started where the previous optima extrapolate to (`extrapolate`). Every fit stops by a rule relative
+values in [1e-6, 1e5], Kornblith et al. 2019) is swept from the strongest penalty to the weakest; each
+fit starts at the previous optimum, where the data terms are already known (no evaluation), and takes its
+first step to where the last two optima extrapolate to (`extrapolate`). Every fit stops by a rule relative
 to its penalty (`fit_one`), so warm and cold starts reach the same model, and each head records its
 iterations, objective evaluations, final gradient, how it ended and with which precision that was shown.
 
-The solver (`fit_one`) is L-BFGS with two changes to the textbook one, each measured by
-benchmarks/speed.py. Its initial inverse Hessian is the model's own at the current predictions' spread,
-(c Sigma + mu I)^-1 with Sigma the second moment of [x, 1] (`Preconditioner`, one eigendecomposition per fit):
-correlated, constant or nearly collinear columns then cost no iterations, and the step of 1 is nearly always
-accepted (one objective evaluation per iteration). Its curvature pairs carry over from one penalty to the
-next: the data term's curvature does not depend on the penalty, whose own is added exactly. The two products
-with X run in X's dtype (float32 above `float64_max` entries, or on a GPU), everything else (softmax, sums,
-weights, L-BFGS's state) in float64; where float32 products no longer resolve the objective (weak penalties),
-the fit goes on with float64 products over row chunks of X, so it still ends by the rule.
+The solver (`fit_one`) is L-BFGS with three changes to the textbook one, each measured by
+benchmarks/speed.py (docs/performance.md). It runs in coordinates where the model's own Hessian at the
+current predictions' spread is block diagonal and its inverse is cheap (`Preconditioner`: the weights
+rotated into the eigenvectors of the features' covariance, the bias shifted by the features' mean and
+left unpenalised): correlated, constant or nearly collinear columns and the bias's own scale then cost no
+iterations, and the step of 1 is nearly always accepted (one objective evaluation per iteration). Its
+curvature pairs carry over from one penalty to the next: the data term's curvature does not depend on
+the penalty, whose own is added exactly. The two products with X run in X's dtype (float32 above
+`float64_max` entries, or on a GPU), everything else (softmax, sums, weights, L-BFGS's state) in float64;
+float32 shows the rule only with a margin over its own measured rounding, and where it cannot (weak
+penalties), the fit goes on with float64 products over row chunks of X, so it still ends by the rule.
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ from bench.methods import Heads
 HISTORY = 10  # curvature pairs L-BFGS keeps (and carries from one penalty to the next)
 GRAM_ROWS = 8192  # rows the preconditioner's second moment is taken on (a preconditioner need not be exact)
 MAX_EIGH_DIM = 8192  # above this many features, the preconditioner keeps only Sigma's diagonal
-# float32 products: a fit goes on in float64 once the decrease it expects is below COARSE_RESOLUTION of f
-# (float32 logits round f at about 1e-7 of its terms), when 3 steps along a direction find no lower f, or
-# after COARSE_ITERATIONS float32 iterations (a fit that needs more is resolving the rule below float32's
-# rounding of the gradient); the sweep's weaker penalties then start in float64
-COARSE_RESOLUTION, COARSE_ITERATIONS = 1e-6, 15
+# float32 products (fit_one): the rule is shown with them only if it holds with MARGIN times float32's measured
+# rounding of the gradient to spare; a fit goes on in float64 where the rule's bounds come within that margin,
+# when 3 steps along a direction find no lower f, or after COARSE_ITERATIONS float32 iterations; the sweep's
+# weaker penalties then start in float64
+COARSE_ITERATIONS, MARGIN = 30, 4
+CHUNK = 1024  # rows cast to float64 at a time for float64 products (measured: 15% faster than 4096 at 2048-d)
 
 
 def data_terms(W, b, X, Y1):
@@ -71,7 +75,7 @@ def class_sums(X, y, num_classes: int) -> torch.Tensor:
     return sums
 
 
-def mixed_terms(theta, X, sums, *, precise: bool = False, chunk: int = 4096):
+def mixed_terms(theta, X, sums, *, precise: bool = False, chunk: int = CHUNK):
     """The data terms at theta = [W | b] (float64, [C, D + 1]): (mean CE, its gradient [C, D + 1], A). The two
     products run in X's dtype (float64 when `precise`, X then cast in row chunks: no float64 copy of X), the
     softmax and every sum in float64. With S = `class_sums`, sum_i CE_i = sum_i logsumexp(z_i) - <theta, S>
@@ -80,51 +84,79 @@ def mixed_terms(theta, X, sums, *, precise: bool = False, chunk: int = 4096):
     n = len(X)
     dtype = torch.float64 if precise else X.dtype
     step = chunk if dtype != X.dtype else n
-    W, b = theta[:, :-1].to(dtype), theta[:, -1].to(dtype)
+    W, b = theta[:, :-1].to(dtype), theta[:, -1:].to(dtype)
     lse, grad, A = theta.new_zeros(()), -sums, torch.zeros(len(theta), len(theta), dtype=theta.dtype, device=theta.device)
     for start in range(0, n, step):
         x = X[start:start + step].to(dtype)
-        logits = torch.addmm(b, x, W.T).double()
-        norm = torch.logsumexp(logits, dim=1, keepdim=True)
+        logits = torch.addmm(b, W, x.T).double()  # [C, rows]: BLAS runs W x^T faster than x W^T
+        norm = torch.logsumexp(logits, dim=0, keepdim=True)
         lse += norm.sum()
         p = logits.sub_(norm).exp_()
-        A -= p.T @ p
-        grad[:, -1] += p.sum(0)
-        grad[:, :-1] += (p.to(dtype).T @ x).double()
+        A -= p @ p.T
+        grad[:, -1] += p.sum(1)
+        grad[:, :-1] += (p.to(dtype) @ x).double()
     A += torch.diag(grad[:, -1] + sums[:, -1])
     return (lse - (theta * sums).sum()) / n, grad / n, A / n
 
 
 class Preconditioner:
-    """L-BFGS's initial inverse Hessian: v -> (A (x) Sigma + mu I)^-1 v for v [C, D + 1], with Sigma =
-    E[[x, 1] [x, 1]^T] on (a subsample of) the rows and A the softmax's mean curvature [C, C] (`mixed_terms`).
-    The Hessian of f is about A (x) Sigma plus the penalty's mu (exactly so at uniform predictions), so L-BFGS
-    starts from nearly the right metric whatever the features' correlations. Sigma's eigendecomposition is taken
-    once per fit, A's (C x C) at each iteration. Above MAX_EIGH_DIM features, Sigma's diagonal only. Columns that
-    are 0 on every row (constant before standardising) are left out, so their weights stay exactly 0."""
+    """L-BFGS's coordinates and initial inverse Hessian. With m and Sigma the mean and covariance of x (on a
+    subsample of rows) and A the softmax's mean curvature [C, C] (`mixed_terms`), the Hessian of f is about
+
+        A (x) E[[x, 1] [x, 1]^T] + mu (the penalty, on W only),
+
+    exactly so at uniform predictions. In the coordinates u = [W U | b + W m] (U: Sigma's eigenvectors) it is
+    block diagonal: A (x) diag(s) + mu I for the weights and A alone for the unpenalised bias, whose inverse
+    costs one C x C eigendecomposition per iteration (`metric`). L-BFGS runs in these coordinates (its inner
+    products are the same in any coordinates when steps map as `tangent` and gradients as `cotangent`), so
+    correlated, constant or nearly collinear columns cost no iterations, nor does the bias's own scale (at
+    strong penalties the bias decides the predictions and moves far while W barely does); one rotation by U
+    per iteration each way. Sigma's eigendecomposition is taken once per fit; above MAX_EIGH_DIM features,
+    only its diagonal (U = I). Columns that are 0 on every row are left out, so their weights stay exactly 0."""
 
     def __init__(self, X):
-        rows = X[::max(1, len(X) // GRAM_ROWS)]
-        self.active = torch.cat([X.abs().amax(0) > 0, torch.ones(1, dtype=torch.bool, device=X.device)])
-        rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=X.dtype, device=X.device)], dim=1)[:, self.active]
+        self.active = X.abs().amax(0) > 0
+        rows = X[::max(1, len(X) // GRAM_ROWS)][:, self.active]
+        self.m = rows.sum(0, dtype=torch.float64) / len(rows)
+        rows = rows - self.m.to(rows.dtype)
         if rows.shape[1] <= MAX_EIGH_DIM:
             self.s, self.U = torch.linalg.eigh((rows.T @ rows).double() / len(rows))
             self.s = self.s.clamp_min(0)
         else:
             self.s, self.U = rows.double().pow(2).mean(0), None
+        self.width = X.shape[1] + 1
 
-    def at(self, A, mu: float):
-        """The map v -> (A (x) Sigma + mu I)^-1 v at this curvature and penalty."""
+    def rotate(self, w, back: bool = False):
+        return w if self.U is None else w @ (self.U.T if back else self.U)
+
+    def cotangent(self, g):
+        """A gradient [C, D + 1] in L-BFGS's coordinates [C, active + 1]."""
+        return torch.cat([self.rotate(g[:, :-1][:, self.active] - g[:, -1:] * self.m), g[:, -1:]], dim=1)
+
+    def tangent(self, s):
+        """A step [C, D + 1] in L-BFGS's coordinates [C, active + 1]."""
+        w = s[:, :-1][:, self.active]
+        return torch.cat([self.rotate(w), s[:, -1:] + w @ self.m[:, None]], dim=1)
+
+    def step(self, d):
+        """A step in L-BFGS's coordinates back in [W | b] [C, D + 1]."""
+        w = self.rotate(d[:, :-1], back=True)
+        out = d.new_zeros(len(d), self.width)
+        out[:, :-1][:, self.active] = w
+        out[:, -1] = d[:, -1] - w @ self.m
+        return out
+
+    def metric(self, A, mu: float):
+        """The map v -> (the Hessian above)^-1 v in L-BFGS's coordinates, at this curvature and penalty. A's
+        null direction (the same shift of every class's bias, which changes no prediction) gets A's largest
+        eigenvalue, so a gradient's rounding along it is not blown up."""
         a, V = torch.linalg.eigh(A)
-        inverse = 1 / (a.clamp_min(0)[:, None] * self.s + mu)
+        a = a.clamp_min(0)
+        weights = 1 / (a[:, None] * self.s + mu)
+        bias = 1 / torch.where(a > 1e-8 * a.max(), a, a.max().clamp_min(mu))
 
         def apply(v):
-            out = torch.zeros_like(v)
-            if self.U is None:
-                out[:, self.active] = V @ ((V.T @ v[:, self.active]) * inverse)
-            else:
-                out[:, self.active] = V @ (((V.T @ v[:, self.active] @ self.U) * inverse) @ self.U.T)
-            return out
+            return torch.cat([V @ ((V.T @ v[:, :-1]) * weights), V @ ((V.T @ v[:, -1:]) * bias[:, None])], dim=1)
         return apply
 
 
@@ -153,7 +185,7 @@ def direction(g, pairs, mu: float, metric) -> torch.Tensor:
 
 
 def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, precondition, pairs: deque,
-            precise: bool = False) -> dict:
+            state: dict, guess=None) -> dict:
     """Minimise f in place from theta = [W | b] until both (1) the largest gradient entry is at most `tol`
     (scikit-learn's rule) and (2) ||grad f|| <= rtol * (lam / N) * ||W|| (Frobenius norms over all
     parameters), at most `max_iter` iterations; returns how the fit ended.
@@ -163,15 +195,27 @@ def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, prec
     two forces that cancel at the optimum, so the rule is relative to the gradient's own scale. (1) alone
     is not: at weak penalties a warm start from the next stronger optimum already meets it. Why (1): the
     bias is not penalised, so (2) does not bound its error, which decides the predictions at strong
-    penalties, where W x is small. Each iteration is a backtracking (Armijo) line search from the step of
-    1 along `direction`. When the line search finds no lower objective with X's own products (float32
-    rounding at weak penalties), the fit goes on with float64 products (`precise`); it stops unconverged
-    only at `max_iter`, or when even those find no lower objective; the record says which, and with which
-    precision the rule was checked (`certificate`)."""
+    penalties, where W x is small.
+
+    Each iteration is a line search along `direction` (the first to `guess`, if given) from the step of 1:
+    Armijo's condition, or where f's rounding hides the decrease, Hager and Zhang's approximate Wolfe
+    condition (2005). `state` carries across the sweep's fits: whether X's products run in float64
+    (`precise`), the data terms at theta if the last fit ended there (`terms`), and float32's rounding of
+    the gradient (`rounding`). With float32 products the rule is shown in float32 only with a margin of
+    MARGIN times that rounding, measured as the gap to a float64 gradient at a similar |W| (`certify`);
+    where the rule's bounds come within that margin, or float32 no longer finds a lower objective, the
+    fit and the sweep's weaker penalties go on with float64 products. A fit stops unconverged only at
+    `max_iter`, or when even float64 products find no lower objective; the record says which, and with
+    which precision the rule was shown (`certificate`)."""
     mu = lam / len(X)
-    precise = precise or X.dtype == torch.float64
-    loss, gd, A = mixed_terms(theta, X, sums, precise=precise)
-    iterations, evaluations, coarse = 0, 1, 0  # coarse: iterations with X's own (float32) products
+    state["precise"] = state.get("precise", False) or X.dtype == torch.float64
+    state.setdefault("rounding", None)
+    iterations, evaluations, coarse = 0, 0, 0  # coarse: iterations with X's own (float32) products
+    if state.get("terms") is not None and (state["terms"][0] or not state["precise"]):
+        exact, loss, gd, A = state["terms"]  # the data terms at theta, from the fit that ended there
+    else:
+        loss, gd, A = mixed_terms(theta, X, sums, precise=state["precise"])
+        exact, evaluations = state["precise"], 1  # exact: the terms come from float64 products
 
     def full(theta, loss, gd):  # f and its gradient from the data terms
         W = theta[:, :-1]
@@ -179,54 +223,97 @@ def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, prec
         g[:, :-1] += mu * W
         return loss + mu / 2 * W.pow(2).sum(), g
 
+    def precise_terms():
+        nonlocal loss, gd, A, f, g, gt, evaluations, exact
+        loss, gd, A = mixed_terms(theta, X, sums, precise=True)
+        evaluations, exact = evaluations + 1, True
+        f, g = full(theta, loss, gd)
+        gt = precondition.cotangent(g)
+
     f, g = full(theta, loss, gd)
+    gt = precondition.cotangent(g)  # g in L-BFGS's coordinates
+    metric, shown = None, None
     while True:
         force = mu * theta[:, :-1].norm()
+        bounds = (tol, rtol * force.item())  # of max |g| and ||g||
         if not math.isfinite(f):
             stop = "diverged"
-        elif g.abs().max() <= tol and g.norm() <= rtol * force:
-            stop = "tol"
-        elif iterations >= max_iter:
+            break
+        width, rounding = theta[:, :-1].norm().item(), state.get("rounding")
+        fresh = rounding is not None and rounding["width"] / 2 <= width <= 2 * rounding["width"]
+        if not state["precise"] and fresh and (MARGIN * rounding["max"] >= bounds[0] / 2
+                                               or MARGIN * rounding["norm"] >= bounds[1] / 2):
+            state["precise"] = True  # float32 cannot show the rule at this penalty: float64 from now on
+            pairs.clear()
+            if not exact:
+                precise_terms()
+        meets = g.abs().max() <= bounds[0] and g.norm() <= bounds[1]
+        if meets and exact:
+            stop, shown = "tol", "float64"
+            break
+        if meets and not fresh:  # measure float32's rounding of the gradient here: the gap to float64's
+            g32 = g
+            precise_terms()
+            state["rounding"] = {"width": width, "max": (g - g32).abs().max().item(), "norm": (g - g32).norm().item()}
+            continue
+        if meets and (g.abs().max() + MARGIN * rounding["max"] <= bounds[0]
+                      and g.norm() + MARGIN * rounding["norm"] <= bounds[1]):
+            stop, shown = "tol", str(X.dtype)[6:]
+            break
+        if iterations >= max_iter:
             stop = "max_iter"
+            break
+        if metric is None or iterations % 8 == 0:
+            metric = precondition.metric(A, mu)
+        if guess is not None:  # the first step goes to the guess: its evaluation also gives a curvature pair
+            d, guess = guess - theta, None
+            dt = precondition.tangent(d)
         else:
-            metric = precondition.at(A, mu)
-            d = direction(g, pairs, mu, metric)
+            dt = direction(gt, pairs, mu, metric)
+            d = precondition.step(dt)
+        slope = (g * d).sum()
+        if slope >= 0:  # rounding spoilt the pairs: start the metric afresh
+            pairs.clear()
+            dt = direction(gt, pairs, mu, metric)
+            d = precondition.step(dt)
             slope = (g * d).sum()
-            if slope >= 0:  # rounding spoilt the pairs: start the metric afresh
-                pairs.clear()
-                d = direction(g, pairs, mu, metric)
-                slope = (g * d).sum()
-            t, found = 1.0, False
-            for _ in range(30 if precise else 3):
-                loss_t, gd_t, A_t = mixed_terms(theta + t * d, X, sums, precise=precise)
-                evaluations += 1
-                f_t, g_t = full(theta + t * d, loss_t, gd_t)
-                if math.isfinite(f_t) and (f_t <= f + 1e-4 * t * slope or precise and f_t <= f + 1e-10 * abs(f)
-                                           and (g_t * d).sum() <= -0.8 * slope):
-                    found = True  # Armijo, or where f's rounding hides the decrease, Hager and Zhang's
-                    break  # approximate Wolfe condition (2005): the slope at t has not grown past 0.8 |slope|
-                # the minimum of the quadratic through f, slope and f_t, kept within [t / 10, t / 2]
-                curved = 2 * (f_t - f - t * slope) if math.isfinite(f_t) else math.inf
-                t = min(max(-slope * t * t / curved, t / 10), t / 2) if curved > 0 else t / 10
-            if found:
-                pairs.append((t * d, gd_t - gd))
-                theta += t * d
-                loss, gd, A, f, g = loss_t, gd_t, A_t, f_t, g_t
-                iterations += 1
-                coarse += not precise
-                if precise or (coarse < COARSE_ITERATIONS and -slope > COARSE_RESOLUTION * abs(f)):
-                    continue
-            if not precise:  # X's own products no longer resolve f (or the rule) here: go on in float64
-                precise = True
-                pairs.clear()
-                loss, gd, A = mixed_terms(theta, X, sums, precise=True)
-                evaluations += 1
-                f, g = full(theta, loss, gd)
+        resolution = 1e-10 if state["precise"] else 1e-6  # f's relative rounding with these products
+        t, found = 1.0, False
+        for _ in range(30 if state["precise"] else 3):
+            loss_t, gd_t, A_t = mixed_terms(theta + t * d, X, sums, precise=state["precise"])
+            evaluations += 1
+            f_t, g_t = full(theta + t * d, loss_t, gd_t)
+            if math.isfinite(f_t) and (f_t <= f + 1e-4 * t * slope or f_t <= f + resolution * abs(f)
+                                       and (g_t * d).sum() <= -0.8 * slope):
+                found = True  # Armijo, or Hager and Zhang's approximate Wolfe condition: f not above f's
+                break  # rounding, and the slope at t has not grown past 0.8 |slope|
+            # the minimum of the quadratic through f, slope and f_t, kept within [t / 10, t / 2]
+            curved = 2 * (f_t - f - t * slope) if math.isfinite(f_t) else math.inf
+            t = min(max(-slope * t * t / curved, t / 10), t / 2) if curved > 0 else t / 10
+        if found:
+            gt_t = precondition.cotangent(g_t)
+            yd = gt_t - gt  # the data term's part of the change in gradient: less the penalty's
+            yd[:, :-1] -= (mu * t) * dt[:, :-1]
+            pairs.append((t * dt, yd))
+            theta += t * d
+            loss, gd, A, f, g, gt = loss_t, gd_t, A_t, f_t, g_t, gt_t
+            exact = state["precise"]
+            iterations += 1
+            coarse += not state["precise"]
+            if state["precise"] or coarse < COARSE_ITERATIONS:
                 continue
+        if state["precise"]:
             stop = "no progress"
-        return {"iterations": iterations, "evaluations": evaluations, "grad_max": g.abs().max().item(),
-                "converged": stop == "tol", "stop": stop, "certificate": "float64" if precise else str(X.dtype)[6:],
-                "rel_grad": (g.norm() / force.clamp_min(torch.finfo(torch.float64).tiny)).item()}
+            break
+        state["precise"] = True  # float32 products no longer make progress here: float64 from now on
+        pairs.clear()
+        precise_terms()
+    state["terms"] = (exact, loss, gd, A)
+    return {"iterations": iterations, "evaluations": evaluations, "grad_max": g.abs().max().item(),
+            "converged": stop == "tol", "stop": stop,
+            "certificate": shown or ("float64" if exact else str(X.dtype)[6:]),
+            "rounding": state["rounding"]["norm"] if shown == "float32" else None,
+            "rel_grad": (g.norm() / force.clamp_min(torch.finfo(torch.float64).tiny)).item()}
 
 
 def moments(X, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,8 +330,9 @@ def moments(X, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
 def extrapolate(theta, last: list[tuple], lam: float) -> None:
     """Move theta, the last optimum of the sweep, to where the secant through the last two optima
     [(penalty, theta), ...] puts penalty `lam`, in log penalty. At weak penalties the optima of nearly
-    separable data grow about linearly in log(1 / lam), far from the last one; from the secant the fits
-    need several times fewer iterations. Where a fit ends is decided by the stopping rule, not by its start."""
+    separable data grow about linearly in log(1 / lam), far from the last one; with the secant as first
+    step the fits need several times fewer iterations (and its evaluation gives L-BFGS a curvature pair
+    along the path). Where a fit ends is decided by the stopping rule, not by its start."""
     (l0, t0), (l1, t1) = last
     if l0 > l1 > lam:
         r = math.log(l1 / lam) / math.log(l0 / l1)
@@ -257,7 +345,7 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
     head's `fits` entry says how its fit ended (`fit_one`).
 
     Without `init`, the points are swept from the strongest penalty to the weakest, each fit started
-    from the previous optima (`extrapolate`). With `init` (heads on raw features, one per point), each point starts
+    from the previous optimum, its first step to where the last two extrapolate to (`extrapolate`). With `init` (heads on raw features, one per point), each point starts
     from its own head, e.g. the protocol's refit on train+val starts where the chosen point was
     validated; the heads are moved into this fit's standardisation (which differs from theirs).
 
@@ -274,20 +362,23 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
     X.sub_(mean).div_(scale)
     sums = class_sums(X, y.to(device), num_classes)
     mean, scale = mean.double(), scale.double()
-    precondition, pairs, precise = Preconditioner(X), deque(maxlen=HISTORY), False
+    precondition, pairs = Preconditioner(X), deque(maxlen=HISTORY)
     theta = torch.zeros(num_classes, X.shape[1] + 1, dtype=torch.float64, device=device)  # [W | b]
     optima, fits, path = [None] * len(points), [None] * len(points), []  # path: (penalty, theta), strongest first
     order = range(len(points)) if init is not None else sorted(range(len(points)), key=lambda i: -points[i]["penalty"])
+    state = {"precise": False}  # carried from fit to fit: see fit_one
     for i in progress.track(order, desc=f"linear probe, {len(points)} penalties", unit="penalty"):
         lam = points[i]["penalty"]
         if init is not None:  # W0 x + b0 = (W0 * scale) (x - mean) / scale + (b0 + W0 mean)
             W0, b0 = init.weight[i].to(device, torch.float64), init.bias[i].to(device, torch.float64)
             theta[:, :-1], theta[:, -1] = W0 * scale, b0 + W0 @ mean
-        elif len(path) >= 2:
-            extrapolate(theta, path[-2:], lam)
+            state["terms"] = None
+        guess = None
+        if init is None and len(path) >= 2:  # the first step goes there, from this fit's optimum
+            guess = theta.clone()
+            extrapolate(guess, path[-2:], lam)
         fits[i] = fit_one(X, sums, lam, theta, max_iter=points[i]["max_iter"], tol=points[i]["tol"],
-                          rtol=points[i]["rtol"], precondition=precondition, pairs=pairs, precise=precise)
-        precise = precise or fits[i]["certificate"] == "float64"
+                          rtol=points[i]["rtol"], precondition=precondition, pairs=pairs, state=state, guess=guess)
         optima[i] = theta.clone()
         path.append((lam, optima[i]))
     theta = torch.stack(optima)
