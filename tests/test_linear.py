@@ -222,3 +222,19 @@ def test_float32_shows_the_rule_only_with_its_measured_rounding_to_spare():
             assert 0 < f["rounding"] and f["rel_grad"] * force + linear.MARGIN * f["rounding"] <= 1.0001 * params["rtol"] * force
         else:
             assert f["rounding"] is None
+
+
+@pytest.mark.parametrize("precise", [False, True])
+def test_the_data_terms_are_the_same_over_any_row_chunks(precise):
+    """`mixed_terms` sums its terms over row chunks (float64 casts of X when `precise`): a chunk of 7 rows
+    (the last one short) must give what autograd gives on the whole float64 objective, in either precision."""
+    X, y = torch.tensor(load_digits().data[:300], dtype=torch.float32) / 16, torch.tensor(load_digits().target[:300])
+    C, D = 10, X.shape[1]
+    theta = 0.1 * torch.randn(C, D + 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loss, grad, _ = linear.mixed_terms(theta, X, linear.class_sums(X, y, C), precise=precise, chunk=7)
+    flat = theta.clone().requires_grad_()
+    ce = torch.nn.functional.cross_entropy(X.double() @ flat[:, :-1].T + flat[:, -1], y)
+    ce.backward()
+    tol = 1e-12 if precise else 1e-6
+    assert abs(loss.item() - ce.item()) < tol
+    assert (grad - flat.grad).abs().max() < tol
