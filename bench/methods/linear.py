@@ -127,7 +127,6 @@ class Preconditioner:
             self.s = self.s.clamp_min(0)
         else:
             self.s, self.U = rows.double().pow(2).mean(0), None
-        self.width = X.shape[1] + 1
 
     def rotate(self, w, back: bool = False):
         return w if self.U is None else w @ (self.U.T if back else self.U)
@@ -144,7 +143,7 @@ class Preconditioner:
     def step(self, d):
         """A step in L-BFGS's coordinates back in [W | b] [C, D + 1]."""
         w = self.rotate(d[:, :-1], back=True)
-        out = d.new_zeros(len(d), self.width)
+        out = d.new_zeros(len(d), len(self.active) + 1)
         out[:, :-1][:, self.active] = w
         out[:, -1] = d[:, -1] - w @ self.m
         return out
@@ -233,6 +232,12 @@ def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, prec
         f, g = full(theta, loss, gd)
         gt = precondition.cotangent(g)
 
+    def to_float64():  # float32 cannot show the rule from here: this fit and the weaker ones go on in float64
+        state["precise"] = True
+        pairs.clear()
+        if not exact:
+            precise_terms()
+
     f, g = full(theta, loss, gd)
     gt = precondition.cotangent(g)  # g in L-BFGS's coordinates
     metric, shown = None, None
@@ -246,10 +251,7 @@ def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, prec
         fresh = rounding is not None and rounding["width"] / 2 <= width <= 2 * rounding["width"]
         if not state["precise"] and fresh and (MARGIN * rounding["max"] >= bounds[0] / 2
                                                or MARGIN * rounding["norm"] >= bounds[1] / 2):
-            state["precise"] = True  # float32 cannot show the rule at this penalty: float64 from now on
-            pairs.clear()
-            if not exact:
-                precise_terms()
+            to_float64()  # the rule's bounds are within float32's measured rounding at this penalty
         meets = g.abs().max() <= bounds[0] and g.norm() <= bounds[1]
         if meets and exact:
             stop, shown = "tol", "float64"
@@ -308,9 +310,7 @@ def fit_one(X, sums, lam, theta, *, max_iter: int, tol: float, rtol: float, prec
         if state["precise"]:
             stop = "no progress"
             break
-        state["precise"] = True  # float32 products no longer make progress here: float64 from now on
-        pairs.clear()
-        precise_terms()
+        to_float64()  # float32 products no longer make progress here
     state["terms"] = (exact, loss, gd, A)
     return {"iterations": iterations, "evaluations": evaluations, "grad_max": g.abs().max().item(),
             "converged": stop == "tol", "stop": stop,
@@ -348,8 +348,8 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
     head's `fits` entry says how its fit ended (`fit_one`).
 
     Without `init`, the points are swept from the strongest penalty to the weakest, each fit started
-    from the previous optimum, its first step to where the last two extrapolate to (`extrapolate`). With `init` (heads on raw features, one per point), each point starts
-    from its own head, e.g. the protocol's refit on train+val starts where the chosen point was
+    from the previous optimum, its first step to where the last two extrapolate to (`extrapolate`). With
+    `init` (heads on raw features, one per point), each point starts from its own head, e.g. the protocol's refit on train+val starts where the chosen point was
     validated; the heads are moved into this fit's standardisation (which differs from theirs).
 
     X's products run in float64 on a CPU when X has at most `float64_max` entries, else in float32 (GPUs
