@@ -160,7 +160,7 @@ def cold_gap(Xtr, ytr, heads, points, index: list[int], num_classes: int) -> tup
     weights ||W - W*|| / ||W*||), both on the standardised features the objective is defined on; nan where a
     cold fit did not converge within 5000 iterations."""
     X = Xtr.double()
-    mean, scale = linear.moments(X, True)
+    mean, scale, _ = linear.moments(X, True)
     Xs, Y1 = (X - mean) / scale, torch.nn.functional.one_hot(ytr, num_classes).double()
     worst_f = worst_w = 0.0
     for i in index:
