@@ -275,3 +275,19 @@ def test_the_sweep_extrapolates_from_estimates_of_the_optima_and_needs_fewer_eva
     assert evaluations[0] < 0.95 * evaluations[1], evaluations
     for a, b in zip(ours.weight, ends.weight):  # both within 1% of one optimum
         assert relative(a, b) <= 3 * params["rtol"]
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_init_moves_the_weight_of_a_column_constant_on_the_refit_rows_into_the_bias(standardize):
+    """Heads fitted where column 5 varies, given as init to a fit on rows where it is constant (3.0): that
+    column is not fitted there, so its weight goes into the bias; with no iterations, the logits on those
+    rows are unchanged and the column's weight is 0."""
+    X, y = torch.tensor(load_digits().data[:600]), torch.tensor(load_digits().target[:600])
+    X[300:, 5] = 3.0
+    point = {"penalty": 1.0, "max_iter": 500, "tol": 1e-4, "rtol": 1e-2, "standardize": standardize}
+    first = linear.fit(X[:300], y[:300], num_classes=10, points=[point], device="cpu")
+    assert (first.weight[0, :, 5] != 0).any()
+    again = linear.fit(X[300:], y[300:], num_classes=10, points=[{**point, "max_iter": 0}], device="cpu", init=first)
+    assert (again.weight[0, :, 5] == 0).all()
+    logits = [X[300:] @ h.weight[0].T + h.bias[0] for h in (first, again)]
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-9 * float(logits[0].abs().max()))

@@ -131,7 +131,8 @@ class Preconditioner:
     correlated, constant or nearly collinear columns cost no iterations, nor does the bias's own scale (at
     strong penalties the bias decides the predictions and moves far while W barely does); one rotation by U
     per iteration each way. Sigma's eigendecomposition is taken once per fit; above MAX_EIGH_DIM features,
-    only its diagonal (U = I). Columns that are 0 on every row are left out, so their weights stay exactly 0."""
+    only its diagonal (U = I). Columns left out of `active` (constant on the fitted rows: `moments`) get
+    no step, so their weights stay exactly 0."""
 
     def __init__(self, X, mean=None, scale=None, active=None):
         """On the standardised features (X - mean) / scale (by default X), of which only the `active` columns
