@@ -291,3 +291,15 @@ def test_init_moves_the_weight_of_a_column_constant_on_the_refit_rows_into_the_b
     assert (again.weight[0, :, 5] == 0).all()
     logits = [X[300:] @ h.weight[0].T + h.bias[0] for h in (first, again)]
     torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-9 * float(logits[0].abs().max()))
+
+
+@pytest.mark.parametrize("float64_max", [1e9, 0])
+def test_the_fit_leaves_the_callers_features_as_they_were(float64_max):
+    """The fit keeps no working copy of X (peak memory): it standardises in the products, never in X, which
+    is the caller's (a feature cache's) tensor."""
+    X = torch.tensor(load_digits().data[:300], dtype=torch.float32)
+    before = X.clone()
+    point = {"penalty": 1.0, "max_iter": 50, "tol": 1e-4, "rtol": 1e-2, "standardize": True}
+    linear.fit(X, torch.tensor(load_digits().target[:300]), num_classes=10, points=[point], device="cpu",
+               float64_max=float64_max)
+    assert torch.equal(X, before)
