@@ -134,13 +134,12 @@ class Preconditioner:
     only its diagonal (U = I). Columns left out of `active` (constant on the fitted rows: `moments`) get
     no step, so their weights stay exactly 0."""
 
-    def __init__(self, X, mean=None, scale=None, active=None):
-        """On the standardised features (X - mean) / scale (by default X), of which only the `active` columns
-        (by default those not 0 on every row) are fitted."""
-        self.active = (X.amax(0) > 0) | (X.amin(0) < 0) if active is None else active  # (no |X| temporary)
-        rows = X[::max(1, len(X) // GRAM_ROWS)][:, self.active]  # a copy: standardised and centred in place
-        if scale is not None:
-            rows.sub_(mean[self.active].to(rows.dtype)).div_(scale[self.active].to(rows.dtype))
+    def __init__(self, X, mean, scale, active):
+        """On the standardised features (X - mean) / scale, of which only the `active` columns are fitted
+        (`moments`)."""
+        self.active = active
+        rows = X[::max(1, len(X) // GRAM_ROWS)][:, active]  # a copy: standardised and centred in place
+        rows.sub_(mean[active].to(rows.dtype)).div_(scale[active].to(rows.dtype))
         self.m = rows.mean(0).double()  # (not sum(dtype=float64): that casts all the rows first)
         rows -= self.m.to(rows.dtype)
         if rows.shape[1] <= MAX_EIGH_DIM:
@@ -210,7 +209,7 @@ def direction(g, pairs, mu: float, metric) -> torch.Tensor:
 
 
 def fit_one(X, y, lam, theta, *, max_iter: int, tol: float, rtol: float, precondition, pairs: deque,
-            state: dict, guess=None, frame: tuple = (None, None)) -> dict:
+            state: dict, frame: tuple, guess=None) -> dict:
     """Minimise f in place from theta = [W | b] until both (1) the largest gradient entry is at most `tol`
     (scikit-learn's rule) and (2) ||grad f|| <= rtol * (lam / N) * ||W|| (Frobenius norms over all
     parameters), at most `max_iter` iterations; returns how the fit ended.
@@ -353,11 +352,11 @@ def moments(X, standardize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     value as mean (its centred values are exactly 0) and scale 1, as scikit-learn's StandardScaler: a
     clamped zero std would multiply the column's values on other rows by ~1e12. Without `standardize`,
     mean 0 and scale 1."""
-    step = max(CHUNK, CHUNK_ELEMENTS // max(1, X.shape[1]))
-    chunks = [X[start:start + step] for start in range(0, len(X), step)]
-    active = torch.stack([c.amax(0) for c in chunks]).amax(0) > torch.stack([c.amin(0) for c in chunks]).amin(0)
+    active = X.amax(0) > X.amin(0)  # (reductions: no temporary of X's size)
     mean, scale = X.new_zeros(X.shape[1], dtype=torch.float64), X.new_ones(X.shape[1], dtype=torch.float64)
     if standardize:
+        step = max(CHUNK, CHUNK_ELEMENTS // max(1, X.shape[1]))
+        chunks = [X[start:start + step] for start in range(0, len(X), step)]
         mean = sum(c.double().sum(0) for c in chunks) / len(X)
         scale = (sum((c.double() - mean).pow_(2).sum(0) for c in chunks) / len(X)).sqrt_()
         mean = torch.where(active, mean, X[0].double())
