@@ -230,6 +230,10 @@ def check_method(method: dict, defaults: dict | None) -> None:
         if bad := [v for v in values if wrong(v, like)]:
             raise UserError(f"method.grid.{key} must hold {kind(like) or 'single values'}, not {bad[0]!r}")
     ranges.check_method(method, method.get("ranges") or {})
+    swept = [key for key, values in method["grid"].items() if len(values) > 1 and key != "penalty"]
+    if "early_end" in params and (params["early_end"] or "early_end" in method["grid"]) and swept:
+        raise UserError(f"method.params.early_end ends a sweep over method.grid.penalty alone; this grid also "
+                        f"sweeps {', '.join(swept)}")
 
 
 def check_dataset(dataset: dict, protocol: dict) -> None:

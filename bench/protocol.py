@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -91,25 +92,35 @@ def with_val(data: Data, *, val_fraction: float, split_seed: int) -> Data:
 
 def choose(fit_score: Callable, labels: dict[str, torch.Tensor], *, params: dict, grid: dict[str, list],
            seeds: list[int], metric: str, warm: bool = True) -> dict:
-    """The selection rule over any learner. `fit_score(points, fit_on, score_on, start=None)` fits every
-    point of `points` (complete hyperparameter dicts with their `seed`) on the split `fit_on` ("train" or
-    "train+val") and returns its predictions [G, N] on the split `score_on`, and how each fit ended (or
-    None); `start`: the rows of the previous call's points to start from (the learner may ignore it).
-    `labels` maps a split to its labels. Feature methods fit all points at once; fine-tuning one by one."""
+    """The selection rule over any learner. `fit_score(points, fit_on, score_on, start=None, rate=None)`
+    fits every point of `points` (complete hyperparameter dicts with their `seed`) on the split `fit_on`
+    ("train" or "train+val") and returns its predictions [G, N] on the split `score_on`, and how each fit
+    ended (or None); `start`: the rows of the previous call's points to start from (the learner may ignore
+    it); `rate`: predictions [N] on `score_on` -> their val score, for a learner that may end its sweep
+    early (`linear`'s option `early_end`). A point whose fit says `stop: early end` was not fitted: it is
+    left out of the choice, and its curve entry has no val score. `labels` maps a split to its labels.
+    Feature methods fit all points at once; fine-tuning one by one."""
     if unknown := set(grid) - set(params):
         raise UserError(f"grid keys {sorted(unknown)} are not hyperparameters of this method; "
                         f"known: {sorted(params)}")
     combos, k = grid_points(grid), len(seeds)
-    pred, ends = fit_score([{**params, **combo, "seed": s} for combo in combos for s in seeds], "train", "val")
+    pred, ends = fit_score([{**params, **combo, "seed": s} for combo in combos for s in seeds], "train", "val",
+                           rate=lambda p: score(metric, p, labels["val"]))
     val = torch.tensor([score(metric, p, labels["val"]) for p in pred], dtype=torch.float64).view(len(combos), k)
+    fitted = [ends is None or all(f.get("stop") != "early end" for f in ends[i * k:(i + 1) * k])
+              for i in range(len(combos))]
+    if not all(fitted):
+        log.info("the sweep ended early (early_end): %d of %d grid points not fitted, left out of the choice",
+                 fitted.count(False), len(combos))
     # in float64 over the sorted scores: equal per-seed scores in another order give the same mean, to the
     # last bit (a float32 mean, or any mean in another order, can differ there and break a tie)
-    best = int(val.sort(1).values.mean(1).argmax())  # argmax returns the first maximum: ties go to the earlier
+    means = val.sort(1).values.mean(1).masked_fill(~torch.tensor(fitted), -math.inf)
+    best = int(means.argmax())  # argmax returns the first maximum: ties go to the earlier
     chosen = combos[best]
     test, refit = fit_score([{**params, **chosen, "seed": s} for s in seeds], "train+val", "test",
                             start=list(range(best * k, best * k + k)) if warm else None)
-    curve = [{"point": c, "val": v.sort().values.mean().item(), "val_per_seed": v.tolist()}
-             for c, v in zip(combos, val)]
+    curve = [{"point": c, "val": v.sort().values.mean().item(), "val_per_seed": v.tolist()} if ok
+             else {"point": c, "val": None, "val_per_seed": None} for c, v, ok in zip(combos, val, fitted)]
     if ends is not None:
         for i, entry in enumerate(curve):
             entry["fit"] = ends[i * k:(i + 1) * k]
@@ -131,14 +142,17 @@ def on_features(fit: Callable, data: Data, *, num_classes: int, device) -> Calla
     """`fit_score` (see `choose`) of a feature method's `fit` on the feature splits `data`. The heads of
     the last call are kept: a `start` passes its rows as `init` to a method whose `fit` takes one (the
     refit then starts where the chosen point was validated)."""
-    takes_init, last = "init" in inspect.signature(fit).parameters, {}
+    takes = inspect.signature(fit).parameters
+    takes_init, takes_rate, last = "init" in takes, "rate" in takes, {}
 
-    def fit_score(points, fit_on, score_on, start=None):
+    def fit_score(points, fit_on, score_on, start=None, rate=None):
         X, y = data[fit_on] if fit_on in data else (torch.cat(pair) for pair in zip(data["train"], data["val"]))
         init = {}
         if start is not None and takes_init:
             heads = last["heads"]
             init = {"init": Heads(heads.weight[start], None if heads.bias is None else heads.bias[start])}
+        if rate is not None and takes_rate:  # a head [C, D], [C] -> its score on `score_on`
+            init["rate"] = lambda W, b: rate(Heads(W[None], b[None]).predict(data[score_on][0])[0])
         last["heads"] = heads = fit(X, y, num_classes=num_classes, points=points, device=device, **init)
         return heads.predict(data[score_on][0]), getattr(heads, "fits", None)
 

@@ -31,7 +31,7 @@ import torch
 
 from bench import backbones, config, features
 from bench.data import ImageList, read_rgb
-from bench.methods import afan, flow, isda, linear, noise, sea, sgd
+from bench.methods import Heads, afan, flow, isda, linear, noise, sea, sgd
 from bench.protocol import grid_points
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,21 +120,28 @@ def collinear(n: int, *, dim: int = 96, num_classes: int = 10, seed: int = 0, la
     return torch.relu(5 * scale * common + 0.3 * z @ mix + 0.01 * torch.randn(n, dim, generator=gen)), y
 
 
-def sklearn_sweep(Xtr, ytr, Xte, penalties, *, max_iter: int, tol: float) -> tuple[dict[float, np.ndarray], int]:
+def sklearn_sweep(Xtr, ytr, Xte, penalties, *, max_iter: int, tol: float, early_end: int = 0,
+                  yval=None) -> tuple[dict[float, np.ndarray], int]:
     """ssl-transfer's probe: standardised features, one warm-started LogisticRegression (L-BFGS) refitted
-    for each C = 1 / penalty; returns the test predictions per penalty and its L-BFGS iterations in all."""
+    for each C = 1 / penalty; returns the held-out predictions per penalty and its L-BFGS iterations in all.
+    With `early_end` n > 0, the sweep ends by our option's rule (`linear.EarlyEnd`) on the val accuracy of
+    the first len(yval) held-out rows."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(Xtr)
     A, B = scaler.transform(Xtr), scaler.transform(Xte)
     est = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
-    pred, iterations = {}, 0
+    pred, iterations, ended = {}, 0, linear.EarlyEnd(early_end)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter; the same budget applies to ours
         for penalty in sorted(penalties, reverse=True):  # strong -> weak, as ours
             pred[penalty] = est.set_params(C=1 / penalty).fit(A, ytr).predict(B)
             iterations += int(est.n_iter_.max())
+            if early_end:
+                ended.add(100 * float((pred[penalty][:len(yval)] == yval).mean()))
+                if ended.done:
+                    break
     return pred, iterations
 
 
@@ -253,6 +260,38 @@ def bench_linear_shape(shape, points, penalties, params, args) -> None:
             f"{test['sklearn'][pick['sklearn']]:.2f}%, every fit converged: {converged}", t_sk / t_ours,
             ">= 3x (CPU), same pick or within 0.3 points, every fit converged",
             t_sk / t_ours >= 3 and (pick["ours"] == pick["sklearn"] or gap <= 0.3) and converged)
+    if args.linear_early_end:
+        bench_early_end(name, Xtr, ytr, Xho, yho, held_out, classes, points, penalties, params, args)
+
+
+def bench_early_end(name, Xtr, ytr, Xho, yho, held_out, classes, points, penalties, params, args) -> None:
+    """The option `early_end` (off by default) on both sweeps, by the same rule on the same val rows: times,
+    penalties fitted and the picks, beside the full sweeps' above."""
+    n, out = args.linear_early_end, {}
+    ended = [{**p, "early_end": n} for p in points]
+
+    def rate(W, b):  # a head's val accuracy, as the protocol's scorer
+        return 100 * Heads(W[None], b[None]).predict(Xho[:held_out])[0].eq(yho[:held_out]).double().mean().item()
+
+    def ours():
+        out["ours"] = linear.fit(Xtr, ytr, num_classes=classes, points=ended, device="cpu", rate=rate)
+
+    def theirs():
+        out["sklearn"], _ = sklearn_sweep(Xtr.numpy(), ytr.numpy(), Xho.numpy(), penalties, max_iter=params["max_iter"],
+                                          tol=params["tol"], early_end=n, yval=yho[:held_out].numpy())
+
+    t_ours, t_sk = map(statistics.median, alternate(ours, theirs, repeats=args.linear_repeats))
+    fitted = [i for i, f in enumerate(out["ours"].fits) if f["stop"] != "early end"]
+    correct = out["ours"].predict(Xho).eq(yho).double()
+    ours_pick = max(fitted, key=lambda i: (correct[i, :held_out].mean().item(), -i))  # ties: the stronger
+    sk = {p: 100 * (pred == yho.numpy()) for p, pred in out["sklearn"].items()}
+    sk_pick = max(sk, key=lambda p: (sk[p][:held_out].mean(), p))
+    print(f"{name}: with early_end={n} (an option, off by default; both sweeps end by the same rule on val): "
+          f"{t_ours:.1f} s vs {t_sk:.1f} s, {t_sk / t_ours:.2f}x; penalties fitted: ours {len(fitted)}, sklearn "
+          f"{len(sk)} of {len(penalties)}; every fitted fit converged: "
+          f"{all(out['ours'].fits[i]['converged'] for i in fitted)}; picks: ours penalty {penalties[ours_pick]:.3g} "
+          f"(test {100 * correct[ours_pick, held_out:].mean():.2f}%), sklearn penalty {sk_pick:.3g} "
+          f"(test {sk[sk_pick][held_out:].mean():.2f}%)")
 
 
 # ---------------------------------------------------------------------------------------------------- SeA
@@ -542,6 +581,9 @@ def main(argv=None) -> None:
     p.add_argument("--linear-repeats", type=int, default=1, help="runs of each probe sweep (median reported)")
     p.add_argument("--linear-gap-points", type=int, default=3, help="penalties (spread over the grid, the "
                    "weakest and strongest included) refitted alone from zero to tight tolerances for the gap")
+    p.add_argument("--linear-early-end", type=int, default=0, help="also time both sweeps with the probe's "
+                   "option early_end=N (off by default: 0), which ends a sweep once N penalties in a row score "
+                   "below the best val so far")
     p.add_argument("--sea-rows", type=int, default=5000, help="SeA train rows")
     p.add_argument("--sea-test-rows", type=int, default=2000, help="SeA held-out rows")
     p.add_argument("--sea-classes", type=int, default=50, help="SeA classes")

@@ -214,3 +214,18 @@ def test_pixels_on_a_folder_of_28x28_images(seabench, tmp_path):
 
     text = table.build(tmp_path / "results", tmp_path / "results")
     assert "| pixels " in text and "| pixels [preprocess.crop=8, preprocess.resize=8] " in text
+
+
+def test_a_probe_sweep_ended_early_is_recorded_and_tabled(seabench, tmp_path):
+    """`method.params.early_end=2` (an option, off by default) through the CLI on the real digits: the record
+    says which penalties were not fitted (no val score, `stop: early end`), the pick is among the fitted ones,
+    and the table and its val-curve figure are built from such a record."""
+    seabench("run", "dataset=digits", "backbone=pixels", "method=linear", "method.params.early_end=2", "seeds=1")
+    (path,) = (tmp_path / "results" / "runs" / "digits").rglob("linear-*.json")
+    record = json.loads(path.read_text())
+    skipped = [c for c in record["curve"] if c["val"] is None]
+    assert record["params"]["early_end"] == 2 and skipped
+    assert all(c["fit"][0]["stop"] == "early end" for c in skipped)
+    assert record["chosen"]["penalty"] > max(c["point"]["penalty"] for c in skipped)
+    assert "digits" in seabench("table").stdout
+    assert (tmp_path / "results" / "val_curves.png").stat().st_size > 0

@@ -96,7 +96,7 @@ def test_finetune_ties_go_to_the_largest_lr_as_ssl_transfers(case):
         score[(1e-4, 1e-3)] = 0.9
     labels = {split: torch.zeros(10, dtype=torch.long) for split in ("val", "test")}
 
-    def fit_score(points, fit_on, score_on, start=None):  # a learner whose val accuracy is the table's
+    def fit_score(points, fit_on, score_on, start=None, rate=None):  # a learner whose val accuracy is the table's
         rows = []
         for p in points:
             right = round(10 * score[(p["lr"], p["lr_weight_decay"])]) if score_on == "val" else 10

@@ -303,3 +303,32 @@ def test_the_fit_leaves_the_callers_features_as_they_were(float64_max):
     linear.fit(X, torch.tensor(load_digits().target[:300]), num_classes=10, points=[point], device="cpu",
                float64_max=float64_max)
     assert torch.equal(X, before)
+
+
+def test_early_end_ends_the_sweep_after_n_scores_in_a_row_below_the_best():
+    """The option `early_end` (off by default): the sweep, strongest penalty first, ends once n penalties in
+    a row score strictly below the best so far (a tie breaks the run); the heads it fitted are the full
+    sweep's, bit for bit, and the rest are 0 with `stop: early end`."""
+    data = load_digits()
+    X, y = torch.tensor(data.data[:600], dtype=torch.float32), torch.tensor(data.target[:600])
+    penalties = [10.0 ** e for e in range(4, -5, -1)]  # strongest first: the sweep's own order
+    points = [{"penalty": p, "max_iter": 200, "tol": 1e-4, "rtol": 1e-2, "standardize": True, "early_end": 2}
+              for p in penalties]
+    script = iter([1.0, 2.0, 2.0, 1.0, 2.0, 1.0, 0.5])  # done at the 7th: 1, 0.5 below 2 in a row
+    rated = []
+
+    def rate(W, b):
+        rated.append(W.clone())
+        return next(script)
+
+    full = linear.fit(X, y, num_classes=10, points=[{**p, "early_end": 0} for p in points], device="cpu")
+    ended = linear.fit(X, y, num_classes=10, points=points, device="cpu", rate=rate)
+    assert [f["stop"] for f in ended.fits] == ["tol"] * 7 + ["early end"] * 2
+    assert torch.equal(ended.weight[:7], full.weight[:7]) and torch.equal(ended.bias[:7], full.bias[:7])
+    assert all(torch.equal(w, v) for w, v in zip(rated, full.weight[:7]))  # each head was rated as it ended
+    assert not ended.weight[7:].any() and not ended.bias[7:].any()
+    assert ended.fits[7] == {"iterations": 0, "evaluations": 0, "converged": False, "stop": "early end"}
+    # off: without a rate (the refit on train+val, protocol=reference) or at 0, every point is fitted
+    assert all(f["stop"] == "tol" for f in linear.fit(X, y, num_classes=10, points=points, device="cpu").fits)
+    with pytest.raises(ValueError, match="early_end ends a sweep over the penalty alone"):
+        linear.fit(X, y, num_classes=10, points=[points[0], {**points[1], "tol": 1e-3}], device="cpu", rate=rate)

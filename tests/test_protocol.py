@@ -168,7 +168,7 @@ def test_linear_fits_are_recorded_and_a_max_iter_hit_is_flagged_in_the_record_an
 def test_the_rule_over_any_learner_fits_train_then_train_and_val_and_scores_test_once():
     calls = []
 
-    def fit_score(points, fit_on, score_on, start=None):
+    def fit_score(points, fit_on, score_on, start=None, rate=None):
         calls.append((fit_on, score_on, [p["k"] for p in points], start))
         return torch.stack([torch.full((4,), p["k"]) for p in points]), None
 
@@ -179,3 +179,47 @@ def test_the_rule_over_any_learner_fits_train_then_train_and_val_and_scores_test
     calls.clear()
     out = protocol.fixed(fit_score, labels, params={"k": 3}, seeds=[0], metric="top1")
     assert calls == [("train", "test", [3], None)] and out["test"]["top1"] == [0.0]
+
+
+def test_points_a_sweep_ended_early_before_are_left_out_of_the_choice_and_say_so():
+    """A learner that ends its sweep early (`linear`'s `early_end`) gets the val scorer (`rate`); the points
+    whose fits say `stop: early end` are never chosen, even where their (unfitted) heads would score best, and
+    their curve entries have no val score."""
+    rated = []
+
+    def fit_score(points, fit_on, score_on, start=None, rate=None):
+        if fit_on == "train":
+            rated.append(rate(torch.full((4,), 2)))
+        pred = torch.stack([torch.full((4,), p["k"]) for p in points])
+        ends = [{"stop": "early end" if p["k"] == 2 and fit_on == "train" else "tol"} for p in points]
+        return pred, ends
+
+    labels = {"val": torch.full((4,), 2), "test": torch.full((4,), 2)}
+    out = protocol.choose(fit_score, labels, params={"k": 0}, grid={"k": [1, 2, 3]}, seeds=[0], metric="top1")
+    assert rated == [100.0]  # the val scorer: predictions on val -> the dataset's metric
+    assert out["chosen"] == {"k": 1}  # k=2 would score 100 on val, but it was not fitted
+    assert [c["val"] for c in out["curve"]] == [0.0, None, 0.0]
+    assert out["curve"][1]["val_per_seed"] is None and out["curve"][1]["fit"] == [{"stop": "early end"}]
+
+
+def test_linear_with_early_end_picks_what_the_full_sweep_picks_when_the_peak_comes_first():
+    from sklearn.datasets import load_digits
+
+    from bench.methods import linear
+
+    X, y = torch.tensor(load_digits().data[:600]), torch.tensor(load_digits().target[:600])
+    d = {"train": (X[:300], y[:300]), "val": (X[300:450], y[300:450]), "test": (X[450:], y[450:])}
+    params = {"penalty": 1.0, "max_iter": 500, "tol": 1e-4, "rtol": 1e-2, "standardize": True}
+    grid = {"penalty": [10.0 ** e for e in range(-6, 6)]}
+
+    def select(early_end):
+        return protocol.select(linear.fit, d, params={**params, "early_end": early_end}, grid=grid, seeds=[0],
+                               metric="top1", num_classes=10, device="cpu", val_fraction=0.1, split_seed=0)
+
+    full, ended = select(0), select(2)
+    skipped = [c["point"]["penalty"] for c in ended["curve"] if c["val"] is None]
+    assert skipped and all(c["val"] is not None for c in full["curve"])
+    assert max(skipped) < min(c["point"]["penalty"] for c in ended["curve"] if c["val"] is not None)  # the weak end
+    assert ended["chosen"] == full["chosen"] and ended["test"]["score"] == full["test"]["score"]
+    fitted = [c for c in full["curve"] if c["point"]["penalty"] not in skipped]
+    assert [c["val"] for c in fitted] == [c["val"] for c in ended["curve"] if c["val"] is not None]

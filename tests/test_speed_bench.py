@@ -17,7 +17,7 @@ import speed
 
 @pytest.mark.heavy
 def test_the_probe_lines_come_out_for_every_shape(capsys):
-    speed.main(["--only", "linear", "--linear-scale", "0.01", "--linear-gap-points", "2"])
+    speed.main(["--only", "linear", "--linear-scale", "0.01", "--linear-gap-points", "2", "--linear-early-end", "3"])
     out = capsys.readouterr().out
     for shape in speed.LINEAR_SHAPES:
         verdict = next(line for line in out.splitlines() if line.startswith(f"[linear-{shape}]"))
@@ -27,3 +27,5 @@ def test_the_probe_lines_come_out_for_every_shape(capsys):
         # nan: a cold reference fit did not converge in its budget (the line says so); never a wild gap
         assert gaps and all(math.isnan(float(g)) or float(g) < 1 for g in gaps.groups()), detail
         assert f"linear-{shape}: picked on val: ours penalty" in out
+        assert re.search(rf"linear-{shape}: with early_end=3 .*\d+\.\d+x; penalties fitted: ours \d+, sklearn \d+ of 45",
+                         out), out

@@ -89,8 +89,9 @@ def learner(*, backbone: Backbone, splits: dict[str, ImageList], num_classes: in
     images = {**splits, "train+val": ConcatDataset([splits["train"], splits["val"]])}
     trained = {}  # the Glows of this job, by their settings: trained on the train split (bits/dim on val)
 
-    def fit_score(points: list[dict], fit_on: str, score_on: str, start=None) -> tuple[torch.Tensor, None]:
-        # `start` is ignored: each run starts from the backbone's weights and a fresh head
+    def fit_score(points: list[dict], fit_on: str, score_on: str, start=None, rate=None) -> tuple[torch.Tensor, None]:
+        # `start` and `rate` are ignored: each run starts from the backbone's weights and a fresh head, and
+        # every point is trained
         preds = []
         for k, point in enumerate(points):
             folder = work_dir / f"{fit_on}-{digest(point)[:16]}"

@@ -382,12 +382,16 @@ def extrapolate(theta, last: list[tuple], lam: float) -> None:
 
 
 def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: float = 1e6,
-        init: Heads | None = None) -> Heads:
-    """One head per point (`penalty`, `max_iter`, `tol`, `rtol`, `standardize`), in the order of `points`; each
-    head's `fits` entry says how its fit ended (`fit_one`).
+        init: Heads | None = None, rate=None) -> Heads:
+    """One head per point (`penalty`, `max_iter`, `tol`, `rtol`, `standardize`, optionally `early_end`), in the
+    order of `points`; each head's `fits` entry says how its fit ended (`fit_one`).
 
     Without `init`, the points are swept from the strongest penalty to the weakest, each fit started
-    from the previous optimum, its first step to where the last two extrapolate to (`extrapolate`). With
+    from the previous optimum, its first step to where the last two extrapolate to (`extrapolate`).
+    An option, off by default (`early_end` 0): with `early_end` n > 0 and `rate` (a head's weight [C, D]
+    and bias [C] -> its val score, higher better, given by the protocol), the sweep ends once n penalties
+    in a row score below the best so far (`EarlyEnd`); the points after that are not fitted: their heads
+    are 0 and their `fits` entries say `stop: early end`, which the protocol leaves out of its choice. With
     `init` (heads on raw features, one per point), each point starts from its own head, e.g. the protocol's refit on train+val starts where the chosen point was
     validated; the heads are moved into this fit's standardisation (which differs from theirs).
 
@@ -398,6 +402,9 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
     precise = torch.device(device).type == "cpu" and X.numel() <= float64_max
     if {p["standardize"] for p in points} != {points[0]["standardize"]}:
         raise ValueError("the points of one fit must agree on standardize")
+    patience = points[0].get("early_end", 0) if init is None and rate is not None else 0
+    if patience and any({**p, "penalty": None} != {**points[0], "penalty": None} for p in points):
+        raise ValueError("early_end ends a sweep over the penalty alone: its points must agree on every other value")
     # no working copy (peak memory): X is used as it is, standardised in the products (`mixed_terms`)
     X = X.to(device, X.dtype if precise and X.dtype in (torch.float32, torch.float64) else torch.float32)
     y = y.to(device)
@@ -411,8 +418,13 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
     fits, path = [None] * len(points), []  # path: the last two (penalty, estimate of the optimum), strongest first
     order = range(len(points)) if init is not None else sorted(range(len(points)), key=lambda i: -points[i]["penalty"])
     state = {"precise": precise}  # carried from fit to fit: see fit_one
+    ended = EarlyEnd(patience) if patience else None
     for i in progress.track(order, desc=f"linear probe, {len(points)} penalties", unit="penalty"):
         lam = points[i]["penalty"]
+        if ended is not None and ended.done:
+            weight[i], bias[i] = 0, 0
+            fits[i] = {"iterations": 0, "evaluations": 0, "converged": False, "stop": "early end"}
+            continue
         if init is not None:  # W0 x + b0 = (W0 * scale) (x - mean) / scale + (b0 + W0 mean)
             W0, b0 = init.weight[i].to(device, torch.float64), init.bias[i].to(device, torch.float64)
             theta[:, :-1], theta[:, -1] = W0 * scale, b0 + W0 @ mean
@@ -430,4 +442,19 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
         W = theta[:, :-1] / scale  # W' x + b' = W (x - mean) / scale + b
         weight[i], bias[i] = W, theta[:, -1] - W @ mean
         path = [*path[-1:], (lam, state.pop("estimate"))]
+        if ended is not None:
+            ended.add(rate(weight[i], bias[i]))
     return Heads(weight, bias, fits=fits)
+
+
+class EarlyEnd:
+    """`early_end`'s rule over a sweep's val scores, in sweep order: `done` once `patience` scores in a row
+    are strictly below the best before them (a tie with the best breaks the run, as it would win a tie)."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.behind, self.done = patience, -math.inf, 0, False
+
+    def add(self, score: float) -> None:
+        self.behind = self.behind + 1 if score < self.best else 0
+        self.best = max(self.best, score)
+        self.done = self.behind >= self.patience

@@ -101,6 +101,8 @@ def profiles(curve: list[dict]) -> dict[str, list[tuple]]:
             continue
         best = {}
         for c in curve:
+            if c["val"] is None:  # not fitted (the sweep ended early: `early_end`)
+                continue
             v = json.dumps(c["point"][key], sort_keys=True)
             best[v] = max(best.get(v, float("-inf")), c["val"])
         out[key] = sorted(((values[v], b) for v, b in best.items()), key=lambda t: (str(type(t[0])), t[0]))
