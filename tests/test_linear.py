@@ -332,3 +332,11 @@ def test_early_end_ends_the_sweep_after_n_scores_in_a_row_below_the_best():
     assert all(f["stop"] == "tol" for f in linear.fit(X, y, num_classes=10, points=points, device="cpu").fits)
     with pytest.raises(ValueError, match="early_end ends a sweep over the penalty alone"):
         linear.fit(X, y, num_classes=10, points=[points[0], {**points[1], "tol": 1e-3}], device="cpu", rate=rate)
+
+
+def test_a_gpu_takes_its_products_in_chunks_of_many_more_rows_than_a_cpu():
+    """A CPU keeps each chunk in cache (1024 rows at 2048-d); a GPU pays kernel launches per chunk instead, and
+    takes a Food-101-sized X (68,175 x 2048) in two."""
+    cpu, gpu = torch.empty(68_175, 2048), torch.empty(68_175, 2048, device="meta")  # meta: any non-CPU device
+    assert linear.rows_per_chunk(cpu) == 1024 and linear.rows_per_chunk(gpu) == 65_536
+    assert linear.rows_per_chunk(torch.empty(10, 96)) == 5461  # 2^19 values a chunk on a CPU

@@ -50,11 +50,18 @@ MAX_EIGH_DIM = 8192  # above this many features, the preconditioner keeps only S
 # when 3 steps along a direction find no lower f, or after COARSE_ITERATIONS float32 iterations; the sweep's
 # weaker penalties then start in float64
 COARSE_ITERATIONS, MARGIN = 30, 4
-# every product runs over row chunks of at least CHUNK rows and about CHUNK_ELEMENTS values, which keeps the
+# on a CPU every product runs over row chunks of at least CHUNK rows and about CHUNK_ELEMENTS values, which keeps the
 # float64 cast and the [C, rows] logits in cache (measured per evaluation on the 2-core machine: 45000x96 9.1 ms
 # chunked vs 15.9 ms whole, 7200x784 7.6 vs 12.4 ms, 25000x2048 equal; 1024 rows 15% faster than 4096 at 2048-d)
 CHUNK, CHUNK_ELEMENTS = 1024, 2**19
+# on a GPU there is no cache to stay in, and each chunk costs ~12 kernel launches: chunks of up to 2^27 values
+# (1 GiB as float64), a Food-101-sized X in 1 or 2 (not yet measured: no GPU was lent to issue 19)
+GPU_CHUNK_ELEMENTS = 2**27
 CURVATURE_EVERY = 4  # the softmax's curvature A (the preconditioner's class factor) is taken on every 4th chunk
+
+
+def rows_per_chunk(X) -> int:
+    return max(CHUNK, (CHUNK_ELEMENTS if X.device.type == "cpu" else GPU_CHUNK_ELEMENTS) // max(1, X.shape[1]))
 
 
 def data_terms(W, b, X, Y1):
@@ -89,7 +96,7 @@ def mixed_terms(theta, X, y, mean=None, scale=None, *, precise: bool = False, ch
     101 classes, 9% at 45000x96)."""
     n = len(X)
     dtype = torch.float64 if precise else X.dtype
-    step = chunk or max(CHUNK, CHUNK_ELEMENTS // max(1, X.shape[1]))
+    step = chunk or rows_per_chunk(X)
     W, b = theta[:, :-1], theta[:, -1]
     if scale is not None:
         W = W / scale
@@ -355,7 +362,7 @@ def moments(X, standardize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     active = X.amax(0) > X.amin(0)  # (reductions: no temporary of X's size)
     mean, scale = X.new_zeros(X.shape[1], dtype=torch.float64), X.new_ones(X.shape[1], dtype=torch.float64)
     if standardize:
-        step = max(CHUNK, CHUNK_ELEMENTS // max(1, X.shape[1]))
+        step = rows_per_chunk(X)
         chunks = [X[start:start + step] for start in range(0, len(X), step)]
         mean = sum(c.double().sum(0) for c in chunks) / len(X)
         scale = (sum((c.double() - mean).pow_(2).sum(0) for c in chunks) / len(X)).sqrt_()
