@@ -340,3 +340,21 @@ def test_a_gpu_takes_its_products_in_chunks_of_many_more_rows_than_a_cpu():
     cpu, gpu = torch.empty(68_175, 2048), torch.empty(68_175, 2048, device="meta")  # meta: any non-CPU device
     assert linear.rows_per_chunk(cpu) == 1024 and linear.rows_per_chunk(gpu) == 65_536
     assert linear.rows_per_chunk(torch.empty(10, 96)) == 5461  # 2^19 values a chunk on a CPU
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("standardize", [True, False])
+def test_features_that_never_vary_give_the_class_priors_and_converge(dtype, standardize):
+    """A degenerate backbone (every column constant on the fitted rows): W stays exactly 0, which is the
+    optimum, so the rule's part relative to ||W|| holds by construction; the bias reaches its closed form,
+    softmax(b) = the class frequencies, and each fit converges at once (it used to run to max_iter)."""
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    X = torch.full((100, 4), 3.0, dtype=dtype)
+    points = [{"penalty": p, "max_iter": 1000, "tol": 1e-8, "rtol": 1e-2, "standardize": standardize}
+              for p in (1e2, 1.0, 1e-4)]
+    heads = linear.fit(X, y, num_classes=3, points=points, device="cpu")
+    assert all(f["converged"] and f["stop"] == "tol" and f["iterations"] <= 20 for f in heads.fits)
+    assert not heads.weight.any()
+    priors = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64).log()
+    for b in heads.bias.double():
+        torch.testing.assert_close(b - b.mean(), priors - priors.mean(), rtol=0, atol=1e-6)

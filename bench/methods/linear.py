@@ -226,7 +226,9 @@ def fit_one(X, y, lam, theta, *, max_iter: int, tol: float, rtol: float, precond
     two forces that cancel at the optimum, so the rule is relative to the gradient's own scale. (1) alone
     is not: at weak penalties a warm start from the next stronger optimum already meets it. Why (1): the
     bias is not penalised, so (2) does not bound its error, which decides the predictions at strong
-    penalties, where W x is small.
+    penalties, where W x is small. Where no column varies on the fitted rows (a degenerate backbone), W
+    is held at exactly 0, which is W*, so (2) holds by construction and (1) alone decides (it would
+    otherwise never hold, and each fit would run to `max_iter`).
 
     Each iteration is a line search along `direction` (the first to `guess`, if given) from the step of 1:
     Armijo's condition, or where f's rounding hides the decrease, Hager and Zhang's approximate Wolfe
@@ -239,6 +241,7 @@ def fit_one(X, y, lam, theta, *, max_iter: int, tol: float, rtol: float, precond
     `max_iter`, or when even float64 products find no lower objective; the record says which, and with
     which precision the rule was shown (`certificate`)."""
     mu = lam / len(X)
+    fitted = bool(precondition.active.any())  # else W = W* = 0 exactly: rule (2) holds, and (1) decides
     state["precise"] = state.get("precise", False) or X.dtype == torch.float64
     state.setdefault("rounding", None)
     iterations, evaluations, coarse = 0, 0, 0  # coarse: iterations with X's own (float32) products
@@ -272,7 +275,7 @@ def fit_one(X, y, lam, theta, *, max_iter: int, tol: float, rtol: float, precond
     metric, shown = None, None
     while True:
         force = mu * theta[:, :-1].norm()
-        bounds = (tol, rtol * force.item())  # of max |g| and ||g||
+        bounds = (tol, rtol * force.item() if fitted else math.inf)  # of max |g| and ||g||
         if not math.isfinite(f):
             stop = "diverged"
             break
@@ -349,7 +352,7 @@ def fit_one(X, y, lam, theta, *, max_iter: int, tol: float, rtol: float, precond
             "converged": stop == "tol", "stop": stop,
             "certificate": shown or ("float64" if exact else str(X.dtype)[6:]),
             "rounding": state["rounding"]["norm"] if shown == "float32" else None,
-            "rel_grad": (g.norm() / force.clamp_min(torch.finfo(torch.float64).tiny)).item()}
+            "rel_grad": (g.norm() / force.clamp_min(torch.finfo(torch.float64).tiny)).item() if fitted else None}
 
 
 def moments(X, standardize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
