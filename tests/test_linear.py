@@ -358,3 +358,43 @@ def test_features_that_never_vary_give_the_class_priors_and_converge(dtype, stan
     priors = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64).log()
     for b in heads.bias.double():
         torch.testing.assert_close(b - b.mean(), priors - priors.mean(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.3])
+def test_the_direction_is_the_textbook_two_loop_over_the_penalised_pairs(mu):
+    """`direction` never forms the penalised y = yd + mu s_W (bias column unpenalised); the textbook two
+    loops (Nocedal and Wright, algorithm 7.4) over explicitly penalised pairs, the initial matrix the metric
+    scaled to the newest pair, give the same -H g; a pair whose penalised curvature s . y is not positive
+    is left out by both."""
+    gen = torch.Generator().manual_seed(0)
+    C, D1 = 4, 7
+    raw = []
+    for k in range(6):
+        s = torch.randn(C, D1, generator=gen, dtype=torch.float64)
+        yd = (-s if k == 2 else 2 * s) + 0.1 * torch.randn(C, D1, generator=gen, dtype=torch.float64)
+        raw.append((s, yd))
+    g = torch.randn(C, D1, generator=gen, dtype=torch.float64)
+    M = torch.randn(C * D1, C * D1, generator=gen, dtype=torch.float64)
+    M = M @ M.T / (C * D1) + torch.eye(C * D1, dtype=torch.float64)  # a symmetric positive definite metric
+
+    def metric(v):
+        return (M @ v.flatten()).view_as(v)
+
+    pairs = []
+    for s, yd in raw:
+        y = yd.clone()
+        y[:, :-1] += mu * s[:, :-1]
+        if (s * y).sum() > 0:
+            pairs.append((s, y))
+    assert len(pairs) == 5  # the reversed pair is left out
+    q, alphas = g.clone(), []
+    for s, y in reversed(pairs):
+        alphas.append((s * q).sum() / (s * y).sum())
+        q -= alphas[-1] * y
+    s, y = pairs[-1]
+    r = metric(q) * (s * y).sum() / (y * metric(y)).sum()
+    for (s, y), a in zip(pairs, reversed(alphas)):
+        r += (a - (y * r).sum() / (s * y).sum()) * s
+    ours = linear.direction(g, [linear.curvature_pair(s, yd) for s, yd in raw], mu, metric)
+    torch.testing.assert_close(ours, -r, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(linear.direction(g, [], mu, metric), -metric(g), rtol=0, atol=0)

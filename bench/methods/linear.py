@@ -191,27 +191,35 @@ class Preconditioner:
         return apply
 
 
-def direction(g, pairs, mu: float, metric) -> torch.Tensor:
-    """-H g by L-BFGS's two loops over `pairs` (s, y of the data term); the penalty's curvature mu is added
-    to y here (the bias column unpenalised), so pairs taken at other penalties stay exact in that part."""
-    def penalised(s, yd):
-        out = yd + mu * s
-        out[:, -1] = yd[:, -1]
-        return out
+def curvature_pair(s, yd) -> tuple:
+    """A pair for `direction`: the step s and the change yd of the data term's gradient, with the two
+    numbers it needs of them at any penalty mu (s . (yd + mu s_W) = s . yd + mu |s_W|^2)."""
+    return s, yd, torch.dot(s.flatten(), yd.flatten()).item(), s[:, :-1].pow(2).sum().item()
 
-    pairs = [(s, yv) for s, yv in ((s, penalised(s, yd)) for s, yd in pairs) if (s * yv).sum() > 0]
+
+def direction(g, pairs, mu: float, metric) -> torch.Tensor:
+    """-H g by L-BFGS's two loops over `pairs` (`curvature_pair`s of the data term); the penalty's curvature
+    mu is added to y here (the bias column unpenalised), so pairs taken at other penalties stay exact in
+    that part. The penalised y is never formed: its products are the data term's plus mu times the step's
+    (7 small operations a pair instead of about 20; at 45000x96 with 40 pairs this bookkeeping was 15% of a
+    sweep)."""
+    used = [(s, yd, 1 / (sy + mu * ss)) for s, yd, sy, ss in pairs if sy + mu * ss > 0]
     q, steps = g.clone(), []
-    for s, yv in reversed(pairs):
-        rho = 1 / (s * yv).sum()
-        a = rho * (s * q).sum()
-        q -= a * yv
-        steps.append((a, rho))
+    for s, yd, rho in reversed(used):
+        a = rho * torch.dot(s.flatten(), q.flatten()).item()
+        q.add_(yd, alpha=-a)
+        q[:, :-1].add_(s[:, :-1], alpha=-a * mu)
+        steps.append(a)
     r = metric(q)
-    if pairs:  # the scalar that fits the metric to the newest pair (Nocedal and Wright, eq. 7.20, preconditioned)
-        s, yv = pairs[-1]
-        r *= (s * yv).sum() / (yv * metric(yv)).sum()
-    for (s, yv), (a, rho) in zip(pairs, reversed(steps)):
-        r += (a - rho * (yv * r).sum()) * s
+    if used:  # the scalar that fits the metric to the newest pair (Nocedal and Wright, eq. 7.20, preconditioned)
+        s, yd, rho = used[-1]
+        yv = yd.clone()
+        yv[:, :-1].add_(s[:, :-1], alpha=mu)
+        r *= (1 / rho) / torch.dot(yv.flatten(), metric(yv).flatten())
+    for (s, yd, rho), a in zip(used, reversed(steps)):
+        sr = torch.dot(s.flatten(), r.flatten()) - torch.dot(s[:, -1], r[:, -1])  # s_W . r_W
+        b = rho * (torch.dot(yd.flatten(), r.flatten()) + mu * sr).item()
+        r.add_(s, alpha=a - b)
     return -r
 
 
@@ -331,7 +339,7 @@ def fit_one(X, y, lam, theta, *, max_iter: int, tol: float, rtol: float, precond
             gt_t = precondition.cotangent(g_t)
             yd = gt_t - gt  # the data term's part of the change in gradient: less the penalty's
             yd[:, :-1] -= (mu * t) * dt[:, :-1]
-            pairs.append((t * dt, yd))
+            pairs.append(curvature_pair(t * dt, yd))
             theta += t * d
             loss, gd, A, f, g, gt = loss_t, gd_t, A_t, f_t, g_t, gt_t
             exact = state["precise"]
