@@ -229,11 +229,7 @@ def bench_linear_shape(shape, points, penalties, params, args) -> None:
                                                              max_iter=params["max_iter"], tol=params["tol"])
 
     t_ours, t_sk = map(statistics.median, alternate(ours, theirs, repeats=args.linear_repeats))
-    correct = {"ours": out["ours"].predict(Xho).eq(yho).double(),  # [penalties, held-out rows]
-               "sklearn": torch.tensor(np.stack([out["sklearn"][p] for p in penalties])).eq(yho).double()}
-    val = {k: 100 * v[:, :held_out].mean(1) for k, v in correct.items()}
-    test = {k: 100 * v[:, held_out:].mean(1) for k, v in correct.items()}
-    pick = {k: int(v.argmax()) for k, v in val.items()}  # first maximum: ties go to the stronger penalty
+    test, pick = picks(out, penalties, Xho, yho, held_out)
     fits = out["ours"].fits
     ends = ", ".join(f"{n} {stop}" for stop, n in Counter(f["stop"] for f in fits).items())
     shown = ", ".join(f"{n} in {c}" for c, n in Counter(f.get("certificate", "?") for f in fits).items())
@@ -264,6 +260,21 @@ def bench_linear_shape(shape, points, penalties, params, args) -> None:
         bench_early_end(name, Xtr, ytr, Xho, yho, held_out, classes, points, penalties, params, args)
 
 
+def picks(out, penalties, Xho, yho, held_out) -> tuple[dict, dict]:
+    """The test accuracy [penalties] of both sweeps' heads (`out["ours"]`: Heads, `out["sklearn"]`:
+    held-out predictions by penalty; val the first `held_out` rows), and each val pick as the protocol
+    makes it: the first maximum in grid order (ties go to the weaker penalty), over the penalties fitted."""
+    missing = np.full(len(yho), -1)
+    correct = {"ours": out["ours"].predict(Xho).eq(yho).double(),  # [penalties, held-out rows]
+               "sklearn": torch.tensor(np.stack([out["sklearn"].get(p, missing) for p in penalties])).eq(yho).double()}
+    fitted = {"ours": torch.tensor([f["stop"] != "early end" for f in out["ours"].fits]),
+              "sklearn": torch.tensor([p in out["sklearn"] for p in penalties])}
+    val = {k: 100 * v[:, :held_out].mean(1) for k, v in correct.items()}
+    test = {k: 100 * v[:, held_out:].mean(1) for k, v in correct.items()}
+    pick = {k: int(v.masked_fill(~fitted[k], -math.inf).argmax()) for k, v in val.items()}
+    return test, pick
+
+
 def bench_early_end(name, Xtr, ytr, Xho, yho, held_out, classes, points, penalties, params, args) -> None:
     """The option `early_end` (off by default) on both sweeps, by the same rule on the same val rows: times,
     penalties fitted and the picks, beside the full sweeps' above."""
@@ -281,17 +292,13 @@ def bench_early_end(name, Xtr, ytr, Xho, yho, held_out, classes, points, penalti
                                           tol=params["tol"], early_end=n, yval=yho[:held_out].numpy())
 
     t_ours, t_sk = map(statistics.median, alternate(ours, theirs, repeats=args.linear_repeats))
-    fitted = [i for i, f in enumerate(out["ours"].fits) if f["stop"] != "early end"]
-    correct = out["ours"].predict(Xho).eq(yho).double()
-    ours_pick = max(fitted, key=lambda i: (correct[i, :held_out].mean().item(), -i))  # ties: the stronger
-    sk = {p: 100 * (pred == yho.numpy()) for p, pred in out["sklearn"].items()}
-    sk_pick = max(sk, key=lambda p: (sk[p][:held_out].mean(), p))
+    test, pick = picks(out, penalties, Xho, yho, held_out)
+    fitted = [f for f in out["ours"].fits if f["stop"] != "early end"]
     print(f"{name}: with early_end={n} (an option, off by default; both sweeps end by the same rule on val): "
           f"{t_ours:.1f} s vs {t_sk:.1f} s, {t_sk / t_ours:.2f}x; penalties fitted: ours {len(fitted)}, sklearn "
-          f"{len(sk)} of {len(penalties)}; every fitted fit converged: "
-          f"{all(out['ours'].fits[i]['converged'] for i in fitted)}; picks: ours penalty {penalties[ours_pick]:.3g} "
-          f"(test {100 * correct[ours_pick, held_out:].mean():.2f}%), sklearn penalty {sk_pick:.3g} "
-          f"(test {sk[sk_pick][held_out:].mean():.2f}%)")
+          f"{len(out['sklearn'])} of {len(penalties)}; every fitted fit converged: "
+          f"{all(f['converged'] for f in fitted)}; picks: "
+          + ", ".join(f"{k} penalty {penalties[pick[k]]:.3g} (test {test[k][pick[k]]:.2f}%)" for k in ("ours", "sklearn")))
 
 
 # ---------------------------------------------------------------------------------------------------- SeA
