@@ -260,6 +260,9 @@ def validate(config: dict, method_defaults: dict | None = None) -> None:
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r} for dataset {config['dataset']['name']}; known: {sorted(METRICS)}")
     check_method(config["method"], method_defaults)
+    if config["method"]["params"].get("early_end") and config["protocol"]["name"] == "reference":
+        raise UserError("method.params.early_end ends a sweep over the grid on val; protocol=reference fits the "
+                        "fixed params with no val: leave early_end at 0")
     check_dataset(config["dataset"], config["protocol"])
     if isinstance(config["seeds"], bool) or not isinstance(config["seeds"], int) or config["seeds"] < 1:
         raise UserError(f"seeds must be a positive integer, not {config['seeds']!r}")

@@ -58,6 +58,9 @@ def refused(result, message: str) -> str:
     (["method.params.early_end=-1"], "method.params.early_end must be an integer in [0, inf), not -1"),
     (["method.params.early_end=2", "+method.grid.max_iter=[100,200]"],
      "method.params.early_end ends a sweep over method.grid.penalty alone; this grid also sweeps max_iter"),
+    (["method.params.early_end=2", "protocol=reference"],
+     ("method.params.early_end ends a sweep over the grid on val; protocol=reference fits the fixed params with "
+      "no val: leave early_end at 0")),
     (["method.grid.penalty=[0.0]"], "each value of method.grid.penalty must be a number in (0, inf), not 0.0"),
     (["method=sgd", "method.params.lamda=0"], "method.params.lamda must be a number in (0, inf), not 0"),
     (["method.params.max_iter=0"], "method.params.max_iter must be an integer in [1, inf), not 0"),
