@@ -26,7 +26,7 @@ import torch
 
 from bench import UserError, results
 from bench.data.splits import carve
-from bench.methods import Heads
+from bench.methods import NOT_FITTED, Heads
 from bench.metrics import mean_per_class, score, top1
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def choose(fit_score: Callable, labels: dict[str, torch.Tensor], *, params: dict
     pred, ends = fit_score([{**params, **combo, "seed": s} for combo in combos for s in seeds], "train", "val",
                            rate=lambda p: score(metric, p, labels["val"]))
     val = torch.tensor([score(metric, p, labels["val"]) for p in pred], dtype=torch.float64).view(len(combos), k)
-    fitted = [ends is None or all(f.get("stop") != "early end" for f in ends[i * k:(i + 1) * k])
+    fitted = [ends is None or all(f.get("stop") != NOT_FITTED for f in ends[i * k:(i + 1) * k])
               for i in range(len(combos))]
     if not all(fitted):
         log.info("the sweep ended early (early_end): %d of %d grid points not fitted, left out of the choice",

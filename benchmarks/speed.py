@@ -31,7 +31,7 @@ import torch
 
 from bench import backbones, config, features
 from bench.data import ImageList, read_rgb
-from bench.methods import Heads, afan, flow, isda, linear, noise, sea, sgd
+from bench.methods import NOT_FITTED, Heads, afan, flow, isda, linear, noise, sea, sgd
 from bench.protocol import grid_points
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +267,7 @@ def picks(out, penalties, Xho, yho, held_out) -> tuple[dict, dict]:
     missing = np.full(len(yho), -1)
     correct = {"ours": out["ours"].predict(Xho).eq(yho).double(),  # [penalties, held-out rows]
                "sklearn": torch.tensor(np.stack([out["sklearn"].get(p, missing) for p in penalties])).eq(yho).double()}
-    fitted = {"ours": torch.tensor([f["stop"] != "early end" for f in out["ours"].fits]),
+    fitted = {"ours": torch.tensor([f["stop"] != NOT_FITTED for f in out["ours"].fits]),
               "sklearn": torch.tensor([p in out["sklearn"] for p in penalties])}
     val = {k: 100 * v[:, :held_out].mean(1) for k, v in correct.items()}
     test = {k: 100 * v[:, held_out:].mean(1) for k, v in correct.items()}
@@ -293,7 +293,7 @@ def bench_early_end(name, Xtr, ytr, Xho, yho, held_out, classes, points, penalti
 
     t_ours, t_sk = map(statistics.median, alternate(ours, theirs, repeats=args.linear_repeats))
     test, pick = picks(out, penalties, Xho, yho, held_out)
-    fitted = [f for f in out["ours"].fits if f["stop"] != "early end"]
+    fitted = [f for f in out["ours"].fits if f["stop"] != NOT_FITTED]
     print(f"{name}: with early_end={n} (an option, off by default; both sweeps end by the same rule on val): "
           f"{t_ours:.1f} s vs {t_sk:.1f} s, {t_sk / t_ours:.2f}x; penalties fitted: ours {len(fitted)}, sklearn "
           f"{len(out['sklearn'])} of {len(penalties)}; every fitted fit converged: "

@@ -1,7 +1,9 @@
 """Feature-space methods. Each module has `fit(X, y, *, num_classes, points, device) -> Heads`:
 `points` is a list of complete hyperparameter dicts (one per head, with its `seed`), all fitted at once.
 A method may also take `init`: Heads (one per point) to start from; the protocol passes it to the
-refit on train+val (the heads validated at the chosen point) only to methods whose `fit` has it.
+refit on train+val (the heads validated at the chosen point) only to methods whose `fit` has it. And
+`rate`: a head's weight [C, D] and bias [C] -> its val score, for a method that may end its sweep early
+(`linear`'s option `early_end`); the heads it leaves unfitted say so in their `fits` (`NOT_FITTED`).
 
 Methods see only tensors: a method module is the math of that method. This package may import
 bench.progress (a long fit says how far it is), bench.flows (the flow `method=flow` perturbs through) and
@@ -13,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+NOT_FITTED = "early end"  # a head's `fits` stop when its point was not fitted: the protocol leaves it out of the choice
 
 
 @dataclass

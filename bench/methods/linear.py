@@ -37,7 +37,7 @@ from collections import deque
 import torch
 
 from bench import progress
-from bench.methods import Heads
+from bench.methods import NOT_FITTED, Heads
 
 # curvature pairs L-BFGS keeps (and carries from one penalty to the next): as many as fit in PAIR_VALUES float64
 # values, within [HISTORY_MIN, HISTORY_MAX] (measured at 40 against 10: evaluations per sweep 345 -> 279 at
@@ -441,7 +441,7 @@ def fit(X, y, *, num_classes: int, points: list[dict], device, float64_max: floa
         lam = points[i]["penalty"]
         if ended is not None and ended.done:
             weight[i], bias[i] = 0, 0
-            fits[i] = {"iterations": 0, "evaluations": 0, "converged": False, "stop": "early end"}
+            fits[i] = {"iterations": 0, "evaluations": 0, "converged": False, "stop": NOT_FITTED}
             continue
         if init is not None:  # W0 x + b0 = (W0 * scale) (x - mean) / scale + (b0 + W0 mean)
             W0, b0 = init.weight[i].to(device, torch.float64), init.bias[i].to(device, torch.float64)
